@@ -1,0 +1,130 @@
+"""Build the pieces of a run from its configuration: device, data, model, mask, optimizer."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm.data
+import torch
+from torch import nn
+
+from gps.config import RunConfig, default_data_dir
+from gps.data import (
+    ImageListDataset,
+    TaskData,
+    TwoViewTransform,
+    build_eval_transform,
+    build_loader,
+    build_train_transform,
+    get_task,
+    load_task_data,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the device of ``name`` ('auto' picks CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def task_folder_name(dataset: str) -> str:
+    """Return the run-folder name of a task ('vtab/cifar100' -> 'vtab-cifar100')."""
+    return get_task(dataset).name.replace("/", "-")
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    """Return ``<output>/<experiment>/<task>/<run_name>`` for a configuration."""
+    experiment = cfg.experiment
+    if experiment is None:
+        experiment = f"gps_k{cfg.k}" if cfg.method == "gps" else cfg.method
+    run_name = cfg.run_name or f"seed{cfg.seed}"
+    return Path(cfg.output) / experiment / task_folder_name(cfg.dataset) / run_name
+
+
+def load_data(cfg: RunConfig) -> TaskData:
+    """Resolve and verify the task's data (without decoding); raise DatasetError on problems."""
+    data_dir = cfg.data_dir or default_data_dir(get_task(cfg.dataset).benchmark)
+    return load_task_data(cfg.dataset, data_dir, protocol=cfg.protocol,
+                          num_classes=cfg.num_classes)
+
+
+def build_model(cfg: RunConfig, num_classes: int):
+    """Create the timm model of ``cfg`` with a new head; return (model, weights info)."""
+    from gps.models import create_model
+
+    return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained,
+                        img_size=cfg.img_size, drop_path_rate=cfg.drop_path,
+                        model_kwargs=dict(cfg.model_kwargs))
+
+
+def data_config_of(model: nn.Module) -> dict:
+    """Return timm's data config (input size, interpolation, mean, std, crop) of ``model``."""
+    return timm.data.resolve_data_config({}, model=model)
+
+
+@dataclass
+class Loaders:
+    """Training and evaluation loaders of a run."""
+
+    train: torch.utils.data.DataLoader
+    eval: torch.utils.data.DataLoader
+
+
+def build_loaders(cfg: RunConfig, data: TaskData, data_config: dict) -> Loaders:
+    """Create the training and evaluation loaders of the protocol's splits."""
+    benchmark = data.task.benchmark
+    train_set = ImageListDataset(data.train.samples, build_train_transform(data_config, benchmark),
+                                 seed=cfg.seed)
+    eval_set = ImageListDataset(data.eval.samples, build_eval_transform(data_config, benchmark))
+    train = build_loader(train_set, cfg.batch_size, train=True, seed=cfg.seed,
+                         num_workers=cfg.num_workers)
+    evaluation = build_loader(eval_set, cfg.batch_size, train=False, seed=cfg.seed,
+                              num_workers=cfg.num_workers)
+    return Loaders(train, evaluation)
+
+
+def build_selection_loader(cfg: RunConfig, data: TaskData, data_config: dict):
+    """Create the two-view loader of the gradient pass over the training split."""
+    samples = data.train.samples
+    if cfg.selection.max_images is not None:
+        samples = samples[: cfg.selection.max_images]
+    dataset = ImageListDataset(samples, TwoViewTransform(data_config), seed=cfg.seed)
+    batch_size = cfg.selection.batch_size or cfg.batch_size
+    return build_loader(dataset, batch_size, train=False, seed=cfg.seed,
+                        num_workers=cfg.num_workers)
+
+
+def build_optimizer(cfg: RunConfig, engine) -> torch.optim.Optimizer:
+    """Create the optimizer over the engine's parameter groups."""
+    groups = engine.param_groups(cfg.weight_decay)
+    if cfg.opt == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
+    """Linear warm-up from ``warmup_lr`` then cosine decay to ``min_lr``, stepped per epoch."""
+    from timm.scheduler import CosineLRScheduler
+
+    return CosineLRScheduler(optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
+                             warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr,
+                             t_in_epochs=True)

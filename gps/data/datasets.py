@@ -1,0 +1,188 @@
+"""Dataset types: split lists, a task's loaded data, and the image-list torch dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gps.data.images import load_rgb
+from gps.data.registry import TaskSpec
+
+
+class DatasetError(ValueError):
+    """Dataset files failed verification.
+
+    Attributes:
+        problems: Every problem found, one message each.
+    """
+
+    def __init__(self, problems: list[str], header: str = "dataset verification failed"):
+        self.problems = list(problems)
+        self.header = header
+        lines = [f"{header} ({len(self.problems)} problem(s)):"]
+        lines += [f"- {problem}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Split:
+    """A list of labelled images.
+
+    Attributes:
+        name: Split name, e.g. ``'train800val200'``, ``'test'``, ``'train+val'``.
+        samples: ``(absolute image path, label)`` pairs with labels in ``0..num_classes-1``.
+    """
+
+    name: str
+    samples: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+@dataclass
+class TaskData:
+    """A task's training and evaluation splits for one protocol, after verification.
+
+    Attributes:
+        task: The task; for ``'custom'`` its ``num_classes`` is the verified count.
+        root: The resolved task folder.
+        num_classes: Number of classes of the classification head.
+        train: Split to train on (``train800val200``/``train+val`` under ``final``).
+        eval: Split to evaluate on (``test`` under ``final``, ``val200``/``val`` under ``tune``).
+        protocol: ``'final'`` or ``'tune'``.
+        warnings: Non-fatal findings of the verification.
+        class_names: Class folder names of a class-per-folder custom tree, in label order;
+            None for list-file datasets.
+    """
+
+    task: TaskSpec
+    root: Path
+    num_classes: int
+    train: Split
+    eval: Split
+    protocol: str
+    warnings: list[str] = field(default_factory=list)
+    class_names: list[str] | None = None
+
+
+class Entry(NamedTuple):
+    """One listed image: path relative to the split's image root, label, and where it was read."""
+
+    relpath: str
+    label: int
+    origin: str
+
+
+@dataclass
+class SplitListing:
+    """A split as read from its files, before the checks.
+
+    Attributes:
+        name: Split name.
+        files: The list files (or folder) the split was read from.
+        image_root: Folder that ``Entry.relpath`` is relative to.
+        entries: Listed images in file order.
+    """
+
+    name: str
+    files: list[Path]
+    image_root: Path
+    entries: list[Entry] = field(default_factory=list)
+
+    def path(self, entry: Entry) -> str:
+        return os.path.abspath(os.path.join(self.image_root, entry.relpath))
+
+    def samples(self) -> list[tuple[str, int]]:
+        return [(self.path(entry), entry.label) for entry in self.entries]
+
+    def describe(self) -> str:
+        names = ", ".join(f.name for f in self.files)
+        return f"{self.name} ({names})" if names and names != self.name else self.name
+
+
+class ImageListDataset(Dataset):
+    """Labelled images from a list of ``(path, label)`` pairs.
+
+    With a ``seed``, the random transforms of item ``i`` in epoch ``e`` draw from RNGs seeded
+    from ``(seed, e, i)``, so an image's augmentation does not depend on the number of workers,
+    their order or the number of processes. Call :meth:`set_epoch` before iterating over the
+    loader of each epoch. The epoch is kept in shared memory, so persistent DataLoader workers
+    see the new value.
+
+    Args:
+        samples: ``(image path, label)`` pairs.
+        transform: Callable applied to the decoded RGB PIL image.
+        seed: Base seed of the per-item RNGs; None uses the process's global RNGs.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        transform: Callable[[Any], Any] | None = None,
+        seed: int | None = None,
+    ):
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the per-item RNGs."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except OSError as error:
+            raise OSError(f"failed to load image {path}: {error}") from error
+        if self.transform is None:
+            return image, label
+        if self.seed is None:
+            return self.transform(image), label
+        with _seeded_rngs(item_seed(self.seed, self.epoch, index)):
+            return self.transform(image), label
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """Derive a 63-bit seed for one item from the base seed, the epoch and the item index."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    # torchvision v1 transforms draw from the global torch RNG, timm's from `random`, a few
+    # from numpy. All three are seeded here and restored afterwards.
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)

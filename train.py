@@ -1,0 +1,131 @@
+"""Fine-tune a pretrained timm model with GPS (or a baseline) and evaluate it.
+
+    python train.py --config configs/vtab/cifar100.yaml [--key value ...]
+
+Steps: configuration, seed, data, model, mask, mask enforcement, optimizer, schedule, EMA,
+epochs with evaluation, outputs. See ``python train.py --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import torch
+from gps.mask import mask_summary, save_mask
+
+from gps import builders
+from gps.config import ConfigError, RunConfig, parse_cli, save_config
+from gps.data import DatasetError
+from gps.engine import NonFiniteLossError, StepContext, resolve_precision, train_one_epoch
+from gps.runlog import MetricsWriter, close_log_file, setup_logging
+from gps.training import (
+    RunState,
+    build_results,
+    evaluate_all,
+    load_checkpoint,
+    log_final_summary,
+    obtain_mask,
+    resume_path,
+    save_checkpoint,
+    write_outputs,
+)
+from gps.tuning import TrainableEma, build_engine
+
+logger = logging.getLogger("train")
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run one configuration end to end and return its results."""
+    start_time = time.time()
+    run_dir = builders.run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "log.txt")
+    save_config(cfg, run_dir / "config.yaml")
+    logger.info("run folder %s", run_dir)
+
+    # Seed and device.
+    builders.seed_everything(cfg.seed)
+    device = builders.resolve_device(cfg.device)
+    precision = resolve_precision(cfg.amp, device)
+
+    # Data, checked before any work starts.
+    data = builders.load_data(cfg)
+
+    # Model with a new head, and its transforms.
+    model, weights = builders.build_model(cfg, data.num_classes)
+    model.to(device)
+    data_config = builders.data_config_of(model)
+    loaders = builders.build_loaders(cfg, data, data_config)
+
+    # Mask: the gradient pass, a given mask file, or a baseline's rule.
+    mask, mask_meta = obtain_mask(cfg, model, data, data_config, device, precision)
+    save_mask(run_dir / "mask.pth", mask, model, mask_meta)
+    summary = mask_summary(model, mask)
+
+    # Mask enforcement, optimizer, schedule and EMA.
+    engine = build_engine(cfg.tuning.engine, model, mask)
+    if cfg.tuning.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    optimizer = builders.build_optimizer(cfg, engine)
+    scheduler = builders.build_scheduler(cfg, optimizer)
+    ema = TrainableEma(engine.trainable_values(), cfg.model_ema_decay) if cfg.model_ema else None
+    scaler = torch.amp.GradScaler("cuda") if precision.dtype is torch.float16 else None
+    ctx = StepContext(optimizer, engine, precision, scaler, ema, cfg.clip_grad, cfg.weight_decay,
+                      decoupled_decay=cfg.opt == "adamw", log_interval=cfg.log_interval,
+                      max_steps=cfg.max_steps_per_epoch)
+    state = RunState(cfg, run_dir, model, engine, optimizer, scaler, ema)
+
+    # Resume an interrupted run, or evaluate a finished one.
+    checkpoint = resume_path(cfg, run_dir)
+    if checkpoint is not None:
+        load_checkpoint(state, checkpoint)
+    if cfg.eval_only:
+        metrics = evaluate_all(state, loaders.eval, device, precision)
+        logger.info("evaluation: %s", metrics)
+        return metrics
+
+    # Epochs with evaluation.
+    metrics_writer = MetricsWriter(run_dir)
+    for epoch in range(state.epoch, cfg.epochs):
+        scheduler.step(epoch)
+        builders.seed_everything(cfg.seed * 1000 + epoch)
+        loaders.train.dataset.set_epoch(epoch)
+        loaders.train.generator.manual_seed(cfg.seed * 1000 + epoch)
+        row = train_one_epoch(model, loaders.train, ctx, epoch + 1, device)
+        if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
+            row.update(evaluate_all(state, loaders.eval, device, precision))
+        state.record_epoch(row)
+        metrics_writer.write(epoch + 1, row)
+        save_checkpoint(state)
+    metrics_writer.close()
+
+    # Outputs: delta, results.json and a readable summary.
+    results = build_results(state, summary, weights, data, device, precision,
+                            time.time() - start_time)
+    write_outputs(state, results)
+    log_final_summary(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run; return the process exit code."""
+    setup_logging()
+    try:
+        cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, prog="train.py",
+                           description=__doc__.strip().splitlines()[0])
+        run(cfg)
+    except (ConfigError, DatasetError) as error:
+        logger.error("%s", error)
+        return 2
+    except NonFiniteLossError as error:
+        logger.error("%s", error)
+        return 3
+    finally:
+        close_log_file()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
