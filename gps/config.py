@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -147,6 +148,7 @@ ALIASES = {
     "drop_path_rate": "drop_path",
     "ema": "model_ema",
     "ema_decay": "model_ema_decay",
+    "learning_rate": "lr",
 }
 
 
@@ -179,11 +181,9 @@ def _convert(path: str, value: Any) -> tuple[Any, str | None]:
     """Convert a YAML or command-line value to the field's type; return (value, problem)."""
     f = FIELDS[path]
     kind, optional = _base_type(f.type)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None, None
-        if kind is str and value == "" and f.default == "":
-            return "", None
         return None, f"{path}: a value is required (got {value!r}); {f.metadata['help']}"
     try:
         if kind is bool:
@@ -195,6 +195,8 @@ def _convert(path: str, value: Any) -> tuple[Any, str | None]:
             elif not isinstance(value, bool):
                 raise ValueError
         elif kind is int:
+            if isinstance(value, str):
+                value = float(value) if "." in value or "e" in value.lower() else int(value)
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             value = int(value)
@@ -202,12 +204,16 @@ def _convert(path: str, value: Any) -> tuple[Any, str | None]:
             if isinstance(value, bool):
                 raise ValueError
             value = float(value)
+            if not math.isfinite(value):
+                return None, f"{path}: expected a finite number, got {value!r}"
         elif kind is dict:
             if isinstance(value, str):
                 value = yaml.safe_load(value)
             if not isinstance(value, dict):
                 raise ValueError
         elif kind is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
             value = str(value)
     except (TypeError, ValueError, yaml.YAMLError):
         return None, f"{path}: expected {kind.__name__}, got {value!r}"
@@ -252,8 +258,14 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _unknown_key_problem(key: str, source: str) -> str:
-    close = difflib.get_close_matches(key, list(FIELDS) + list(ALIASES), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    spelled = key.lstrip("-").replace("-", "_")
+    close = difflib.get_close_matches(spelled, list(FIELDS) + list(ALIASES), n=1)
+    hint = ""
+    if close:
+        suggestion = close[0]
+        if source == "the command line":
+            suggestion = "--" + suggestion.replace("_", "-")
+        hint = f"; did you mean {suggestion!r}?"
     return f"unknown option {key!r} in {source}{hint}"
 
 
@@ -379,6 +391,8 @@ def parse_cli(argv: Sequence[str], prog: str, description: str,
         print(format_help(prog, description, extra))
         raise SystemExit(0)
     values, problems = _split_cli(argv)
+    if argv.count("--config") + sum(a.startswith("--config=") for a in argv) > 1:
+        problems.append("--config given more than once; pass a single config file")
     config_file = values.pop("config", None)
     extras = {}
     for key in list(values):

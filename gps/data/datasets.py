@@ -110,6 +110,58 @@ class SplitListing:
         return f"{self.name} ({names})" if names and names != self.name else self.name
 
 
+def concatenate_listings(name: str, parts: list[SplitListing]) -> SplitListing:
+    """Join listings that share an image root into one split named ``name``."""
+    assert parts and len({part.image_root for part in parts}) == 1
+    listing = SplitListing(name, [f for part in parts for f in part.files], parts[0].image_root)
+    for part in parts:
+        listing.entries.extend(part.entries)
+    return listing
+
+
+@dataclass
+class TaskListing:
+    """Everything read from a task folder for one protocol, before the checks.
+
+    Attributes:
+        train: Split to train on, or None when its files could not be read.
+        eval: Split to evaluate on, or None when its files could not be read.
+        others: Splits the protocol does not use, read only to count the classes the task
+            folder covers (e.g. ``test.txt`` under ``tune``).
+        coverage_complete: Whether train, eval and others together include every split of
+            the task, so that a class missing from all of them is missing from the data.
+        labels_mapped: Whether labels were made contiguous from the files' ids (FGVC), so
+            the range check does not apply.
+        raw_class_count: Number of distinct class ids in the files before any mapping.
+        class_names: Class names in label order, where the layout has them.
+    """
+
+    train: SplitListing | None = None
+    eval: SplitListing | None = None
+    others: list[SplitListing] = field(default_factory=list)
+    coverage_complete: bool = False
+    labels_mapped: bool = False
+    raw_class_count: int | None = None
+    class_names: list[str] | None = None
+
+    def read_splits(self) -> list[SplitListing]:
+        return [s for s in (self.train, self.eval, *self.others) if s is not None]
+
+
+@dataclass
+class Findings:
+    """Problems (verification fails) and warnings (it passes) collected by the readers and checks."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add_capped(self, messages: list[str], summary: str, limit: int = 5) -> None:
+        """Add the first ``limit`` messages as problems and one line counting the rest."""
+        self.problems.extend(messages[:limit])
+        if len(messages) > limit:
+            self.problems.append(f"{len(messages) - limit} more {summary}")
+
+
 class ImageListDataset(Dataset):
     """Labelled images from a list of ``(path, label)`` pairs.
 
