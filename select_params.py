@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import torch
-from gps.mask import format_summary, mask_summary, save_mask
 
 from gps import builders
 from gps.config import ConfigError, parse_cli
 from gps.data import DatasetError
 from gps.engine import resolve_precision
+from gps.mask import format_summary, mask_summary, save_mask
 from gps.runlog import setup_logging, write_json
 
 logger = logging.getLogger("select_params")
@@ -45,7 +45,7 @@ def select(cfg, out: Path, scores_path: Path | None) -> dict:
     data = builders.load_data(cfg)
     model, weights = builders.build_model(cfg, data.num_classes)
     model.to(device)
-    data_config = builders.data_config_of(model)
+    data_config = builders.data_config_of(model, cfg.img_size)
 
     mask, meta, scores = builders.obtain_mask(cfg, model, data, data_config, device, precision,
                                               keep_scores=True)

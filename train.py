@@ -13,12 +13,12 @@ import sys
 import time
 
 import torch
-from gps.mask import mask_summary, save_mask
 
 from gps import builders
 from gps.config import ConfigError, RunConfig, parse_cli, save_config
 from gps.data import DatasetError
 from gps.engine import NonFiniteLossError, StepContext, resolve_precision, train_one_epoch
+from gps.mask import format_summary, load_mask, load_mask_meta, mask_summary, save_mask
 from gps.runlog import MetricsWriter, close_log_file, setup_logging
 from gps.training import (
     RunState,
@@ -26,7 +26,6 @@ from gps.training import (
     evaluate_all,
     load_checkpoint,
     log_final_summary,
-    obtain_mask,
     resume_path,
     save_checkpoint,
     write_outputs,
@@ -56,13 +55,20 @@ def run(cfg: RunConfig) -> dict:
     # Model with a new head, and its transforms.
     model, weights = builders.build_model(cfg, data.num_classes)
     model.to(device)
-    data_config = builders.data_config_of(model)
+    data_config = builders.data_config_of(model, cfg.img_size)
     loaders = builders.build_loaders(cfg, data, data_config)
 
-    # Mask: the gradient pass, a given mask file, or a baseline's rule.
-    mask, mask_meta = obtain_mask(cfg, model, data, data_config, device, precision)
-    save_mask(run_dir / "mask.pth", mask, model, mask_meta)
+    # Mask: the gradient pass, a given mask file, or a baseline's rule. A resumed or evaluated
+    # run reuses the mask of its run folder.
+    checkpoint = resume_path(cfg, run_dir)
+    if checkpoint is not None:
+        mask_file = checkpoint.parent / "mask.pth"
+        mask, mask_meta = load_mask(mask_file, model), load_mask_meta(mask_file)
+    else:
+        mask, mask_meta = builders.obtain_mask(cfg, model, data, data_config, device, precision)
+        save_mask(run_dir / "mask.pth", mask, model, mask_meta)
     summary = mask_summary(model, mask)
+    logger.info("trainable entries\n%s", format_summary(summary))
 
     # Mask enforcement, optimizer, schedule and EMA.
     engine = build_engine(cfg.tuning.engine, model, mask)
@@ -78,7 +84,6 @@ def run(cfg: RunConfig) -> dict:
     state = RunState(cfg, run_dir, model, engine, optimizer, scaler, ema)
 
     # Resume an interrupted run, or evaluate a finished one.
-    checkpoint = resume_path(cfg, run_dir)
     if checkpoint is not None:
         load_checkpoint(state, checkpoint)
     if cfg.eval_only:

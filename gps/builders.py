@@ -74,9 +74,14 @@ def build_model(cfg: RunConfig, num_classes: int):
                         model_kwargs=dict(cfg.model_kwargs))
 
 
-def data_config_of(model: nn.Module) -> dict:
-    """Return timm's data config (input size, interpolation, mean, std, crop) of ``model``."""
-    return timm.data.resolve_data_config({}, model=model)
+def data_config_of(model: nn.Module, img_size: int | None = None) -> dict:
+    """Return timm's data config (input size, interpolation, mean, std, crop) of ``model``.
+
+    timm reads the input size from the pretrained config, so a model built at another
+    resolution passes ``img_size`` to override it.
+    """
+    overrides = {"input_size": (3, img_size, img_size)} if img_size else {}
+    return timm.data.resolve_data_config(overrides, model=model)
 
 
 @dataclass
@@ -128,3 +133,45 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
     return CosineLRScheduler(optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
                              warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr,
                              t_in_epochs=True)
+
+
+def obtain_mask(cfg: RunConfig, model: nn.Module, data: TaskData, data_config: dict,
+                device: torch.device, precision, keep_scores: bool = False):
+    """Return (mask, metadata[, scores]) for the run: a baseline rule, a mask file or selection.
+
+    For GPS without ``--mask`` this runs the gradient pass over the training split. The model
+    leaves the pass as it entered it (no gradients, same modes and buffers).
+    """
+    from gps.mask import load_mask, load_mask_meta
+    from gps.selection import accumulate_gradients, build_mask, method_mask
+
+    meta = {"method": cfg.method, "dataset": data.task.name, "protocol": cfg.protocol,
+            "seed": cfg.seed, "architecture": cfg.model, "pretrained": cfg.pretrained}
+    scores = None
+    if cfg.method != "gps":
+        mask = method_mask(model, cfg.method)
+    elif cfg.mask is not None:
+        mask = load_mask(cfg.mask, model)
+        meta.update(load_mask_meta(cfg.mask))
+        meta["mask_file"] = str(cfg.mask)
+        logger.info("using mask %s", cfg.mask)
+    else:
+        selection = cfg.selection
+        generator = torch.Generator().manual_seed(cfg.seed)
+        gradient = None
+        if selection.scores == "gradient":
+            loader = build_selection_loader(cfg, data, data_config)
+            logger.info("gradient pass: %s loss over %d training images, batch %d",
+                        selection.loss, len(loader.dataset), loader.batch_size)
+            gradient = accumulate_gradients(
+                model, loader, loss=selection.loss, temperature=selection.temperature,
+                max_images=selection.max_images, device=device, amp_dtype=precision.dtype,
+                num_classes=data.num_classes, log_interval=cfg.log_interval)
+            scores = gradient.scores
+            meta.update(gradient.metadata())
+        mask = build_mask(model, gradient, cfg.k, granularity=selection.granularity,
+                          score_type=selection.scores, generator=generator)
+        meta.update({"k": cfg.k, "loss": selection.loss, "scores": selection.scores,
+                     "granularity": selection.granularity})
+    result = (mask, meta, scores) if keep_scores else (mask, meta)
+    return result

@@ -42,13 +42,6 @@ class RunState:
         self.epoch += 1
 
 
-def head_parameter_names(model: nn.Module) -> set[str]:
-    """Return the names of the classifier head's parameters (found through timm's get_classifier)."""
-    head = model.get_classifier()
-    ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
-    return {name for name, p in model.named_parameters() if id(p) in ids}
-
-
 def resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
     """Return the checkpoint to continue from, or None for a fresh run."""
     if cfg.resume is None and not cfg.eval_only:
@@ -132,10 +125,6 @@ def build_results(state: RunState, summary: dict, weights, data, device: torch.d
                   precision: Precision, wall_time_s: float) -> dict:
     """Collect the results of a finished run (the contents of results.json)."""
     cfg, last = state.cfg, state.history[-1]
-    head = head_parameter_names(state.model)
-    total = sum(p.numel() for p in state.model.parameters())
-    with_head = state.engine.trainable.count()
-    without_head = state.engine.trainable.count(exclude=head)
     train_seconds = sum(row["train_seconds"] for row in state.history)
     train_images = sum(row["train_images"] for row in state.history)
     return {
@@ -150,10 +139,12 @@ def build_results(state: RunState, summary: dict, weights, data, device: torch.d
         "ema_top1": last.get("eval_ema_top1"), "ema_top5": last.get("eval_ema_top5"),
         "max_top1_over_epochs": _best_over_epochs(state.history, "eval_top1"),
         "max_ema_top1_over_epochs": _best_over_epochs(state.history, "eval_ema_top1"),
+        # Percentages: with the head, of all parameters; without it, of the backbone's.
         "trainable_params": {
-            "with_head": with_head, "without_head": without_head, "total_params": total,
-            "percent_with_head": 100.0 * with_head / total,
-            "percent_without_head": 100.0 * without_head / total,
+            "with_head": summary["trainable"], "without_head": summary["trainable_without_head"],
+            "total_params": summary["total_params"], "backbone_params": summary["backbone_params"],
+            "percent_with_head": summary["trainable_pct"],
+            "percent_without_head": summary["trainable_without_head_pct"],
         },
         "mask_summary": summary,
         "engine": cfg.tuning.engine, "precision": precision.label, "device": str(device),

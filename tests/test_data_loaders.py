@@ -45,9 +45,7 @@ def test_same_augmentation_any_num_workers(tmp_path, write_image):
 
 
 def test_item_augmentation_independent_of_order(tmp_path, write_image):
-    dataset = ImageListDataset(
-        _samples(tmp_path, write_image, 4), TwoViewTransform(CONFIG), seed=3
-    )
+    dataset = ImageListDataset(_samples(tmp_path, write_image, 4), TwoViewTransform(CONFIG), seed=3)
     forward = [dataset[i][0][0] for i in range(4)]
     backward = [dataset[i][0][0] for i in reversed(range(4))][::-1]
     for first, second in zip(forward, backward, strict=True):
@@ -84,7 +82,9 @@ def test_no_transform_returns_rgb_image(tmp_path, write_image):
 
 
 def test_train_loader_shuffle_reproducible(tmp_path, write_image):
-    dataset = ImageListDataset(_samples(tmp_path, write_image), build_train_transform(CONFIG, "vtab"))
+    dataset = ImageListDataset(
+        _samples(tmp_path, write_image), build_train_transform(CONFIG, "vtab")
+    )
     first = _collect(build_loader(dataset, 4, train=True, seed=11))[1]
     second = _collect(build_loader(dataset, 4, train=True, seed=11))[1]
     other = _collect(build_loader(dataset, 4, train=True, seed=12))[1]
@@ -95,13 +95,17 @@ def test_train_loader_shuffle_reproducible(tmp_path, write_image):
 
 
 def test_loader_keeps_last_batch_by_default(tmp_path, write_image):
-    dataset = ImageListDataset(_samples(tmp_path, write_image, 7), build_train_transform(CONFIG, "vtab"))
+    dataset = ImageListDataset(
+        _samples(tmp_path, write_image, 7), build_train_transform(CONFIG, "vtab")
+    )
     assert len(build_loader(dataset, 4, train=True, seed=0)) == 2
     assert len(build_loader(dataset, 4, train=True, seed=0, drop_last=True)) == 1
 
 
 def test_loader_uses_given_sampler(tmp_path, write_image):
-    dataset = ImageListDataset(_samples(tmp_path, write_image), build_train_transform(CONFIG, "vtab"))
+    dataset = ImageListDataset(
+        _samples(tmp_path, write_image), build_train_transform(CONFIG, "vtab")
+    )
     sampler = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=False)
     labels = _collect(build_loader(dataset, 2, train=True, seed=0, sampler=sampler))[1]
     assert labels.tolist() == [i % 3 for i in range(1, 8, 2)]

@@ -73,8 +73,14 @@ def test_square_eval_resizes_shorter_side():
 
 def test_timm_data_config_accepted():
     model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-        depth=1, num_heads=2, num_classes=3,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_classes=3,
     )
     config = resolve_data_config(model=model)
     transform = build_eval_transform(config, "vtab")
@@ -86,8 +92,12 @@ def test_two_view_transform():
     transform = TwoViewTransform(CONFIG)
     steps = [type(s) for s in transform.transform.transforms]
     assert steps == [
-        T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomApply, T.RandomGrayscale,
-        T.ToTensor, T.Normalize,
+        T.RandomResizedCrop,
+        T.RandomHorizontalFlip,
+        T.RandomApply,
+        T.RandomGrayscale,
+        T.ToTensor,
+        T.Normalize,
     ]
     jitter = transform.transform.transforms[2]
     assert jitter.p == 0.8

@@ -306,7 +306,9 @@ def test_truncated_image_fails_decode(tmp_path, make_vtab_folder):
 
 
 def test_other_tasks_folder_named(tmp_path, make_vtab_folder):
-    task_dir = make_vtab_folder(tmp_path, "dtd", 47, counts={"train800": 47, "val200": 0, "test": 47})
+    task_dir = make_vtab_folder(
+        tmp_path, "dtd", 47, counts={"train800": 47, "val200": 0, "test": 47}
+    )
     report = verify_task("vtab/cifar100", task_dir)
     problem = _one_problem(report, "task folder of vtab/dtd", "vtab/cifar100")
     assert "'cifar'" in problem
@@ -326,8 +328,14 @@ def test_class_count_of_other_task(tmp_path, make_vtab_folder):
 
 
 def test_fgvc_class_count_of_other_task(tmp_path, make_fgvc_folder):
-    make_fgvc_folder(tmp_path, "Stanford-dogs", 102, counts={"train": 102, "val": 0, "test": 0},
-                     image_subdir="Images", size=4)
+    make_fgvc_folder(
+        tmp_path,
+        "Stanford-dogs",
+        102,
+        counts={"train": 102, "val": 0, "test": 0},
+        image_subdir="Images",
+        size=4,
+    )
     report = verify_task("fgvc/dogs", tmp_path)
     _one_problem(report, "span 102 classes", "fgvc/flowers", "fgvc/dogs")
 
@@ -347,8 +355,9 @@ def test_all_problems_reported_together(tmp_path, make_vtab_folder):
 
 
 def test_fgvc_labels_made_contiguous(tmp_path, make_fgvc_folder):
-    make_fgvc_folder(tmp_path, "CUB_200_2011", 200, counts={"train": 200, "val": 200, "test": 200},
-                     size=4)
+    make_fgvc_folder(
+        tmp_path, "CUB_200_2011", 200, counts={"train": 200, "val": 200, "test": 200}, size=4
+    )
     data = load_task_data("fgvc/cub", tmp_path)
     assert data.train.name == "train+val"
     assert len(data.train.samples) == 400
@@ -358,8 +367,9 @@ def test_fgvc_labels_made_contiguous(tmp_path, make_fgvc_folder):
 
 def test_fgvc_paths_relative_to_task_folder(tmp_path, make_fgvc_folder):
     # JSON paths that include the images/ folder are resolved against the task folder.
-    task_dir = make_fgvc_folder(tmp_path, "my_cub", 200, counts={"train": 200, "val": 200,
-                                "test": 200}, size=4)
+    task_dir = make_fgvc_folder(
+        tmp_path, "my_cub", 200, counts={"train": 200, "val": 200, "test": 200}, size=4
+    )
     for split in ("train", "val", "test"):
         path = task_dir / f"{split}.json"
         data = {f"images/{k}": v for k, v in json.loads(path.read_text()).items()}
@@ -485,9 +495,20 @@ def test_cli_unknown_dataset_exit_2(tmp_path, capsys):
 
 def test_cli_module_entry_point(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "gps.data", "verify", "--dataset", "demo/digits",
-         "--data-dir", str(tmp_path / "missing")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "gps.data",
+            "verify",
+            "--dataset",
+            "demo/digits",
+            "--data-dir",
+            str(tmp_path / "missing"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "data dir not found" in result.stdout

@@ -23,10 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check a task's split files and images and print a report"
     )
     verify.add_argument(
-        "--dataset", required=True, help="task name, e.g. vtab/cifar100, fgvc/cars, demo/digits, custom"
+        "--dataset",
+        required=True,
+        help="task name, e.g. vtab/cifar100, fgvc/cars, demo/digits, custom",
     )
     verify.add_argument(
-        "--data-dir", required=True, help="benchmark root containing the task folder, or the task folder"
+        "--data-dir",
+        required=True,
+        help="benchmark root containing the task folder, or the task folder",
     )
     verify.add_argument(
         "--protocol",
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for spec in list_tasks(args.benchmark):
             group = spec.group or "-"
-            print(f"{spec.name:28s} {spec.num_classes:4d} classes  folder {spec.folder or '-':22s} {group}")
+            print(
+                f"{spec.name:28s} {spec.num_classes:4d} classes  folder {spec.folder or '-':22s} {group}"
+            )
         return 0
 
     try:

@@ -109,4 +109,3 @@ def _scan_split(
             f"(e.g. {skipped[0]})"
         )
     return listing
-

@@ -41,7 +41,9 @@ def read_fgvc_layout(
 ) -> TaskListing:
     """Read all three JSON files, map class ids, and build the protocol's splits."""
     listing = TaskListing()
-    missing = [task_dir / f"{n}.json" for n in JSON_SPLITS if not (task_dir / f"{n}.json").is_file()]
+    missing = [
+        task_dir / f"{n}.json" for n in JSON_SPLITS if not (task_dir / f"{n}.json").is_file()
+    ]
     if missing:
         names = ", ".join(str(path) for path in missing)
         findings.problems.append(
@@ -70,7 +72,9 @@ def read_fgvc_layout(
 
     train_names, eval_name = PROTOCOL_SPLITS[protocol]
     if all(name in splits for name in train_names):
-        listing.train = concatenate_listings("+".join(train_names), [splits[n] for n in train_names])
+        listing.train = concatenate_listings(
+            "+".join(train_names), [splits[n] for n in train_names]
+        )
     listing.eval = splits.get(eval_name)
     used = {*train_names, eval_name}
     listing.others = [split for name, split in splits.items() if name not in used]
@@ -160,4 +164,3 @@ def _choose_image_root(
         )
         return best
     return candidates[0]
-

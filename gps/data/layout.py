@@ -35,8 +35,7 @@ def resolve_task_dir(spec: TaskSpec, data_dir: Path, findings: Findings) -> Path
     renamed = _folder_under_other_name(spec, data_dir)
     if renamed is not None and renamed.name != spec.folder:
         findings.warnings.append(
-            f"using {renamed} as the task folder of {spec.name}; the usual name is "
-            f"'{spec.folder}'"
+            f"using {renamed} as the task folder of {spec.name}; the usual name is '{spec.folder}'"
         )
     if renamed is not None:
         return renamed

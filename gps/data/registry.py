@@ -132,7 +132,9 @@ def list_tasks(benchmark: str | None = None) -> list[TaskSpec]:
     if benchmark is None:
         return [spec for spec in _TASKS.values() if spec.benchmark != "custom"]
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark '{benchmark}'; expected one of {', '.join(BENCHMARKS)}")
+        raise ValueError(
+            f"unknown benchmark '{benchmark}'; expected one of {', '.join(BENCHMARKS)}"
+        )
     return [spec for spec in _TASKS.values() if spec.benchmark == benchmark]
 
 

@@ -116,7 +116,9 @@ def _parse_config(data_config: Mapping[str, Any]) -> tuple[tuple[int, int], Any,
         )
     input_size = tuple(data_config["input_size"])
     if len(input_size) != 3:
-        raise ValueError(f"data_config input_size must be (channels, height, width), got {input_size}")
+        raise ValueError(
+            f"data_config input_size must be (channels, height, width), got {input_size}"
+        )
     size = (int(input_size[1]), int(input_size[2]))
 
     name = data_config["interpolation"]

@@ -192,7 +192,9 @@ def _inspect(
     return report, listing
 
 
-def _check_num_classes_argument(spec: TaskSpec, num_classes: int | None, findings: Findings) -> None:
+def _check_num_classes_argument(
+    spec: TaskSpec, num_classes: int | None, findings: Findings
+) -> None:
     if num_classes is None:
         return
     if num_classes < 1:
@@ -415,7 +417,9 @@ def _check_task_identity(
 
 
 def _check_decoding(splits: list[SplitListing], findings: Findings) -> None:
-    paths = sorted({path for split in splits for path, _ in split.samples() if os.path.exists(path)})
+    paths = sorted(
+        {path for split in splits for path, _ in split.samples() if os.path.exists(path)}
+    )
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         errors = [message for message in pool.map(_decode_error, paths) if message]
     findings.add_capped(errors, "images that cannot be decoded", limit=10)
