@@ -29,7 +29,7 @@ SIZE = 32
 
 
 def write_demo(out: Path) -> dict[str, int]:
-    """Write the PNG files and list files under ``out``; return the image count per list."""
+    """Write the PNG files and list files under ``out`` and return the image count per list."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

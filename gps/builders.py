@@ -66,12 +66,18 @@ def load_data(cfg: RunConfig) -> TaskData:
 
 
 def build_model(cfg: RunConfig, num_classes: int):
-    """Create the timm model of ``cfg`` with a new head; return (model, weights info)."""
+    """Create the timm model of ``cfg`` with a new head; return (model, weights info).
+
+    The random initialisation (the new head, or the whole model without pretrained weights)
+    is drawn from ``cfg.seed`` alone, so merging a run's delta rebuilds the same base model.
+    """
     from gps.models import create_model
 
-    return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained,
-                        img_size=cfg.img_size, drop_path_rate=cfg.drop_path,
-                        model_kwargs=dict(cfg.model_kwargs))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained,
+                            img_size=cfg.img_size, drop_path_rate=cfg.drop_path,
+                            model_kwargs=dict(cfg.model_kwargs))
 
 
 def data_config_of(model: nn.Module, img_size: int | None = None) -> dict:

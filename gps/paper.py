@@ -5,7 +5,7 @@ arXiv 2312.10136, with the numbers as repeated in the V-PETL Bench README. All a
 top-1 in percent on the test split, ViT-B/16 pretrained on ImageNet-21k. The per-task K values
 come from the official GPS launch scripts.
 
-Each row stores the per-task accuracies and the mean exactly as printed; ``tests/test_tables.py``
+Each row stores the per-task accuracies and the mean exactly as printed. ``tests/test_tables.py``
 checks that every printed mean agrees with the mean of the printed per-task values.
 """
 

@@ -25,8 +25,8 @@ Rules the tables follow:
   true, since the official FGVC settings evaluate the EMA weights. ``--metric max`` shows the
   maximum over epochs instead, labelled as selecting on the evaluation split.
 - **Means.** Over the tasks present; a mean over fewer tasks than the table's set is marked with
-  an asterisk and a note names the missing tasks. The paper's difference row compares means over
-  the same tasks.
+  an asterisk and a note names the missing tasks. A difference row to the GPS paper compares
+  means over the same tasks on both sides.
 - **Protocols** are never mixed: runs of another protocol are skipped and counted in a note.
   Paper rows (test-split numbers) appear only under protocol ``final``.
 """
@@ -77,6 +77,7 @@ PARAMS_TITLE = "Params (% with head)"
 BOOKKEEPING_KEYS = frozenset({
     "dataset", "data_dir", "protocol", "num_workers", "device", "seed", "output", "experiment",
     "run_name", "resume", "eval_only", "eval_interval", "log_interval", "mask",
+    "tuning.grad_checkpointing",
 })
 # Config keys that are part of the row key, so they cannot differ within a row.
 ROW_KEY_CONFIG_KEYS = frozenset({
@@ -92,7 +93,7 @@ class ResultsFileError(ValueError):
 
 
 class RowKey(NamedTuple):
-    """What makes two runs belong to the same table row."""
+    """Row identity: the run fields that decide which table row a run belongs to."""
 
     method: str
     k: int | str | None
@@ -195,7 +196,7 @@ class Cell:
         decimals: Digits after the decimal point.
         signed: Render with an explicit sign (difference rows).
         show_n: Append ``(n=...)``, used when the number of seeds varies within a row.
-        text: Text shown instead of a number (the paper's Params entries, the seed count).
+        text: Text shown instead of a number (the GPS paper's Params entries, the seed count).
     """
 
     value: float | None = None
@@ -210,7 +211,7 @@ class Cell:
 
 @dataclass
 class Row:
-    """A table row. ``kind`` is 'ours', 'paper' or 'diff'; ``info`` holds the row key and metric."""
+    """A table row. ``kind`` is 'ours', 'paper' or 'diff', and ``info`` contains the row key."""
 
     label: str
     kind: str
@@ -341,7 +342,17 @@ def _as_int(data: dict, name: str) -> int:
 
 def _task_identity(name: str, config: dict) -> tuple[str, str]:
     """Return the column key and table name of a task name from results.json."""
-    # Imported here because gps.data pulls in torch, and the CLI's argument checks need none of it.
+    if name in FGVC_TASKS:
+        return name, "fgvc"
+    if name in VTAB_TASKS:
+        return name, "vtab"
+    if name == "custom":
+        folder = Path(str(config.get("data_dir") or "")).name
+        return (f"custom:{folder}" if folder else "custom"), "other"
+    if name.startswith("demo/"):
+        return name, "other"
+    # train.py writes canonical names, so only other spellings reach the registry. It is imported
+    # here because the gps.data package imports torch and timm, which take seconds to load.
     from gps.data.registry import get_task
 
     try:
@@ -350,9 +361,6 @@ def _task_identity(name: str, config: dict) -> tuple[str, str]:
         return name, "other"
     if spec.benchmark in ("fgvc", "vtab"):
         return spec.name, spec.benchmark
-    if spec.benchmark == "custom":
-        folder = Path(str(config.get("data_dir") or "")).name
-        return (f"custom:{folder}" if folder else "custom"), "other"
     return spec.name, "other"
 
 
@@ -461,7 +469,8 @@ def build_tables(records: Sequence[RunRecord], *, metric: str = "last", paper: b
         records: Runs of one protocol, normally the :class:`RunCollection` of
             :func:`collect_runs` (its skipped counts become notes).
         metric: 'last' (last-epoch accuracy, EMA when kept) or 'max' (max over epochs).
-        paper: Show the paper's rows and the differences to them (protocol 'final' only).
+        paper: Show the GPS paper's rows (gps.paper) and the differences to them, under
+            protocol 'final' only.
         protocol: The records' protocol; by default taken from ``records``.
 
     Raises:
@@ -526,7 +535,8 @@ def _build_table(context: _Context, records: list[RunRecord], skipped: Counter) 
                 rows.append(_diff_row(spec, row, reference))
 
     _add_standard_notes(context, rows, len(usable), skipped)
-    return Table(spec.name, _title(context), _columns(spec), rows, context.notes)
+    notes = list(dict.fromkeys(context.notes))  # one copy of a note repeated per GPS variant
+    return Table(spec.name, _title(context), _columns(spec), rows, notes)
 
 
 def _paper_methods(context: _Context) -> set[str]:
@@ -541,10 +551,11 @@ def _method_rank(method: str) -> tuple[int, str]:
 
 def _key_rank(key: RowKey) -> tuple:
     k_rank = (0, 0) if key.k == "paper" else (1, key.k or 0)
+    granularity = ("neuron", "layer", "network")
+    epochs = int(key.schedule.split()[0]) if key.schedule.split()[0].isdigit() else 0
     return (k_rank, key.scores != "gradient", str(key.scores),
-            ("neuron", "layer", "network").index(key.granularity)
-            if key.granularity in ("neuron", "layer", "network") else 3,
-            key.loss != "supcon", str(key.loss), key.model, key.weights, key.schedule)
+            granularity.index(key.granularity) if key.granularity in granularity else 3,
+            key.loss != "supcon", str(key.loss), key.model, key.weights, epochs, key.schedule)
 
 
 def _columns(spec: _TableSpec) -> list[Column]:
@@ -586,12 +597,21 @@ def _add_paper_k_rows(context: _Context, groups: dict[RowKey, list[RunRecord]]) 
                         key=lambda key: key.k)
         for key in hidden:
             del groups[key]
-        official = ", ".join(f"{context.spec.column_title(t)} {PAPER_K[t]}"
-                             for t in context.spec.tasks)
+        official = _describe_paper_k(context.spec)
         context.notes.append(
             "gps K=paper: per task, the runs whose K is the one of the official GPS launch scripts "
             f"({official})" + (f"; rows {', '.join(f'K={k.k}' for k in hidden)} are merged into "
                                "it" if hidden else "") + ".")
+
+
+def _describe_paper_k(spec: _TableSpec) -> str:
+    """Return e.g. 'K=1 everywhere except Camelyon K=2' for the official per-task K values."""
+    counts = Counter(PAPER_K[task] for task in spec.tasks)
+    usual, _ = counts.most_common(1)[0]
+    if counts[usual] * 2 <= len(spec.tasks):
+        return ", ".join(f"{spec.column_title(t)} {PAPER_K[t]}" for t in spec.tasks)
+    others = [f"{spec.column_title(t)} K={PAPER_K[t]}" for t in spec.tasks if PAPER_K[t] != usual]
+    return f"K={usual} everywhere except " + ", ".join(others)
 
 
 def _row_labels(context: _Context, keys: list[RowKey]) -> dict[RowKey, str]:
@@ -610,9 +630,10 @@ def _row_labels(context: _Context, keys: list[RowKey]) -> dict[RowKey, str]:
         if varying:
             label += " [" + ", ".join(str(getattr(key, name)) for name in varying) + "]"
         labels[key] = label
-    common = [f"{name} {getattr(keys[0], name)}" for name in extras if name not in varying]
+    common = [name for name in extras if name not in varying]
     if keys and common:
-        context.notes.append("All rows of this code: " + ", ".join(common) + ".")
+        context.notes.append("All rows of this code: " + ", ".join(
+            f"{name} {getattr(keys[0], name)}" for name in common) + ".")
     return labels
 
 
@@ -778,8 +799,9 @@ def _add_standard_notes(context: _Context, rows: list[Row], runs: int, skipped: 
                  "head) in percent of all parameters, head included, mean over the row's runs "
                  "(trainable_params.percent_with_head).")
     if context.spec.name == "vtab":
-        notes.append("Mean (19 tasks) is the mean the GPS paper reports; Mean of group means "
-                     "averages the three group means, as some later papers do, and comes out higher.")
+        notes.append("Mean (19 tasks) is the mean the GPS paper reports. Mean of group means "
+                     "averages the three group means, as some later papers do; it weights the "
+                     "groups equally although they have 7, 4 and 8 tasks.")
     if context.paper:
         notes.append("Paper rows: Zhang et al., 'Gradient-based Parameter Selection for Efficient "
                      "Fine-Tuning', CVPR 2024 (arXiv 2312.10136), ViT-B/16 pretrained on "

@@ -30,7 +30,7 @@ FGVC_SPLITS = ("train", "val", "test")
 
 
 def _write_image(path: Path, label: int = 0, size: int = 16, mode: str = "RGB") -> Path:
-    """Write a small image; its colour follows the label, with a little per-pixel noise."""
+    """Write a small image whose colour follows the label, with a little per-pixel noise."""
     rng = np.random.default_rng(zlib.crc32(str(path).encode()))
     base = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256], dtype=np.int64)
     pixels = np.clip(base + rng.integers(-20, 21, size=(size, size, 3)), 0, 255).astype(np.uint8)

@@ -356,19 +356,22 @@ def test_all_problems_reported_together(tmp_path, make_vtab_folder):
 
 def test_fgvc_labels_made_contiguous(tmp_path, make_fgvc_folder):
     make_fgvc_folder(
-        tmp_path, "CUB_200_2011", 200, counts={"train": 200, "val": 200, "test": 200}, size=4
+        tmp_path, "CUB_200_2011", 200, counts={"train": 200, "val": 3, "test": 3}, size=4
     )
     data = load_task_data("fgvc/cub", tmp_path)
+    assert data.num_classes == 200
     assert data.train.name == "train+val"
-    assert len(data.train.samples) == 400
-    assert {label for _, label in data.eval.samples} == set(range(200))
+    assert len(data.train.samples) == 203
+    # The files use ids 1..200; the samples use 0..199.
+    assert {label for _, label in data.train.samples} == set(range(200))
+    assert sorted(label for _, label in data.eval.samples) == [0, 1, 2]
     assert all(os.path.isabs(path) for path, _ in data.train.samples)
 
 
 def test_fgvc_paths_relative_to_task_folder(tmp_path, make_fgvc_folder):
     # JSON paths that include the images/ folder are resolved against the task folder.
     task_dir = make_fgvc_folder(
-        tmp_path, "my_cub", 200, counts={"train": 200, "val": 200, "test": 200}, size=4
+        tmp_path, "my_cub", 200, counts={"train": 200, "val": 3, "test": 3}, size=4
     )
     for split in ("train", "val", "test"):
         path = task_dir / f"{split}.json"

@@ -17,7 +17,7 @@ def resolve_task_dir(spec: TaskSpec, data_dir: Path, findings: Findings) -> Path
     """Find the task folder: ``data_dir/<folder>``, or ``data_dir`` itself.
 
     Returns:
-        The task folder, or None after adding a problem that says what was expected.
+        The task folder, or None after adding a problem that describes the expected layout.
     """
     if not data_dir.exists():
         findings.problems.append(f"data dir not found: {data_dir}. {_where_to_point(spec)}")

@@ -1,12 +1,95 @@
-"""DataLoader construction with seeded shuffling and seeded workers."""
+"""The torch side of the data: an image-list dataset with per-item seeding, and DataLoaders."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from gps.data.images import load_rgb
+
+
+class ImageListDataset(Dataset):
+    """Labelled images from a list of ``(path, label)`` pairs.
+
+    With a ``seed``, the random transforms of item ``i`` in epoch ``e`` draw from RNGs seeded
+    from ``(seed, e, i)``, so an image's augmentation does not depend on the number of workers,
+    their order or the number of processes. Call :meth:`set_epoch` before iterating over the
+    loader of each epoch. The epoch is kept in shared memory, so persistent DataLoader workers
+    see the new value.
+
+    Args:
+        samples: ``(image path, label)`` pairs.
+        transform: Callable applied to the decoded RGB PIL image.
+        seed: Base seed of the per-item RNGs; None uses the process's global RNGs.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        transform: Callable[[Any], Any] | None = None,
+        seed: int | None = None,
+    ):
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the per-item RNGs."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except OSError as error:
+            raise OSError(f"failed to load image {path}: {error}") from error
+        if self.transform is None:
+            return image, label
+        if self.seed is None:
+            return self.transform(image), label
+        with _seeded_rngs(item_seed(self.seed, self.epoch, index)):
+            return self.transform(image), label
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """Derive a 63-bit seed for one item from the base seed, the epoch and the item index."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    # torchvision v1 transforms draw from the global torch RNG and timm's from `random`. Other
+    # transforms may use numpy. All three are seeded here and restored afterwards.
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def build_loader(

@@ -5,7 +5,7 @@
 
 - VTAB-1k and the demo: train and eval are the same direct resize to (H, W) with no crop and no
   augmentation, as in the VTAB-1k protocol of the GPS launch scripts.
-- FGVC and custom data: train uses RandomResizedCrop and a horizontal flip; eval resizes the
+- FGVC and custom data: train uses RandomResizedCrop and a horizontal flip. Eval resizes the
   shorter side to H / crop_pct and takes a centre crop of H.
 """
 

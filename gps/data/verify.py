@@ -101,7 +101,8 @@ def verify_task(
 ) -> VerifyReport:
     """Run every check on a task's files and return the report.
 
-    Data problems never raise: they are collected in ``report.problems``.
+    Problems in the data, including unreadable files and folders, are collected in
+    ``report.problems`` instead of raised.
 
     Raises:
         ValueError: ``dataset`` is unknown or ``protocol`` is not 'final' or 'tune'.
@@ -142,8 +143,11 @@ def load_task_data(
             "prints the full report)",
         )
 
-    assert listing is not None and listing.train is not None and listing.eval is not None
-    assert report.task_dir is not None and report.num_classes is not None
+    assert listing is not None
+    assert listing.train is not None
+    assert listing.eval is not None
+    assert report.task_dir is not None
+    assert report.num_classes is not None
     return TaskData(
         task=report.task,
         root=report.task_dir,
@@ -168,16 +172,32 @@ def _inspect(
         raise ValueError(f"unknown protocol '{protocol}'; expected 'final' or 'tune'")
     report = VerifyReport(dataset=dataset, task=spec, data_dir=Path(data_dir), protocol=protocol)
     findings = Findings(report.problems, report.warnings)
+    try:
+        listing = _run_checks(report, num_classes, decode, findings)
+    except OSError as error:
+        # The readers handle the expected cases. This catches the rest, e.g. an unreadable folder.
+        findings.problems.append(
+            f"cannot read {error.filename or 'the data'}: {error.strerror or error}"
+        )
+        listing = None
+    return report, listing
+
+
+def _run_checks(
+    report: VerifyReport, num_classes: int | None, decode: bool, findings: Findings
+) -> TaskListing | None:
+    spec = report.task
+    protocol = report.protocol
     _check_num_classes_argument(spec, num_classes, findings)
 
-    task_dir = resolve_task_dir(spec, Path(data_dir), findings)
+    task_dir = resolve_task_dir(spec, report.data_dir, findings)
     if task_dir is None:
-        return report, None
+        return None
     report.task_dir = task_dir
     check_folder_identity(spec, task_dir, findings)
     listing = read_task_listing(spec, task_dir, protocol, findings)
     if listing.train is None or listing.eval is None:
-        return report, listing
+        return listing
 
     report.num_classes = _class_count(spec, num_classes, listing, findings)
     if spec.benchmark == "custom":
@@ -189,7 +209,7 @@ def _inspect(
     _check_across_splits(report.task, report.num_classes, listing, inferred, findings)
     if decode:
         _check_decoding([listing.train, listing.eval], findings)
-    return report, listing
+    return listing
 
 
 def _check_num_classes_argument(
@@ -354,10 +374,10 @@ def _check_across_splits(
 
     unseen = (eval_labels & valid) - train_labels
     if unseen and train.entries:
-        why = " (the VTAB-1k 800/200 split is not stratified)" if task.benchmark == "vtab" else ""
+        note = " (the VTAB-1k 800/200 split is not stratified)" if task.benchmark == "vtab" else ""
         findings.warnings.append(
             f"{len(unseen)} classes in {evaluation.name} have no training images in "
-            f"{train.name}{why}: labels {_first_labels(unseen)}"
+            f"{train.name}{note}: labels {_first_labels(unseen)}"
         )
 
     overlap = {p for p, _ in train.samples()} & {p for p, _ in evaluation.samples()}

@@ -79,8 +79,8 @@ def read_list_layout(
 ) -> TaskListing:
     """Read the list files that ``protocol`` uses, plus the test list for class coverage.
 
-    Under ``tune``, ``test.txt`` is read when present only to count the classes the folder
-    covers; its own problems are not reported, because the protocol does not use it.
+    Under ``tune``, ``test.txt`` is read when present, only to count the classes the folder
+    covers. Its own problems are not reported because the protocol does not use it.
     """
     train_name, eval_name = PROTOCOL_SPLITS[protocol]
     listing = TaskListing()
