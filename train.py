@@ -95,9 +95,7 @@ def run(cfg: RunConfig) -> dict:
     metrics_writer = MetricsWriter(run_dir)
     for epoch in range(state.epoch, cfg.epochs):
         scheduler.step(epoch)
-        builders.seed_everything(cfg.seed * 1000 + epoch)
-        loaders.train.dataset.set_epoch(epoch)
-        loaders.train.generator.manual_seed(cfg.seed * 1000 + epoch)
+        builders.start_epoch(cfg, loaders.train, epoch)
         row = train_one_epoch(model, loaders.train, ctx, epoch + 1, device)
         if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
             row.update(evaluate_all(state, loaders.eval, device, precision))

@@ -11,6 +11,10 @@ Modes:
     select  accumulate_gradients with SupCon over `--batches` batches of two views each
     full    one forward and backward pass of cross-entropy with every parameter trainable,
             no optimizer (its state would add two float32 copies of the model for Adam)
+
+From the second batch on, the selection pass runs its forward pass while the accumulated float32
+gradients (one copy of the selectable weights) are alive. One full fine-tuning step without an
+optimizer starts with no gradients, so its peak is lower by about that copy.
 """
 
 from __future__ import annotations

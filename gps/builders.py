@@ -181,3 +181,19 @@ def obtain_mask(cfg: RunConfig, model: nn.Module, data: TaskData, data_config: d
                      "granularity": selection.granularity})
     result = (mask, meta, scores) if keep_scores else (mask, meta)
     return result
+
+
+def start_epoch(cfg: RunConfig, loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """Seed everything random in an epoch from (seed, epoch) alone.
+
+    Data order, augmentations, dropout and drop-path then depend only on the epoch, so a run
+    resumed at an epoch boundary continues exactly as the uninterrupted run would.
+    """
+    epoch_seed = cfg.seed * 1000 + epoch
+    seed_everything(epoch_seed)
+    loader.dataset.set_epoch(epoch)
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(epoch_seed)

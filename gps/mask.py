@@ -36,7 +36,7 @@ ROLE_ORDER = (ROLE_WEIGHT, ROLE_BIAS, ROLE_LAYER_SCALE, ROLE_HEAD, ROLE_NORM, RO
 ROLE_LABELS = {
     ROLE_WEIGHT: "selected weights",
     ROLE_BIAS: "biases",
-    ROLE_LAYER_SCALE: "layer scale",
+    ROLE_LAYER_SCALE: "layer scale (and other 1-D)",
     ROLE_HEAD: "head",
     ROLE_NORM: "normalisation",
     ROLE_OTHER: "other (embeddings, tokens)",

@@ -107,7 +107,7 @@ def create_model(
 
     kind = pretrained_kind(pretrained)
     if kind == "none":
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _build(name, kwargs)
         info = WeightsInfo(source="none")
         logger.warning(
             "model %s is randomly initialised (no pretrained weights): its results are not "
@@ -116,12 +116,23 @@ def create_model(
         )
         return model, info
     if kind == "file":
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _build(name, kwargs)
         info = load_checkpoint_file(model, str(pretrained))
     else:
         model, info = _create_from_hub(name, str(pretrained), kwargs)
     logger.info("model %s initialised from %s", arch, info.describe())
     return model, info
+
+
+def _build(name: str, kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
+    """Call timm.create_model, turning a rejected keyword argument into a ValueError."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as error:
+        raise ValueError(
+            f"timm model {name} rejected its arguments {sorted(kwargs)}: {error}. Remove the "
+            "option (e.g. img_size for CNNs) or change model_kwargs."
+        ) from None
 
 
 def pretrained_kind(pretrained: str | os.PathLike | None) -> str:
@@ -165,9 +176,14 @@ def _create_from_hub(name: str, tag: str, kwargs: dict[str, Any]) -> tuple[nn.Mo
         ) from None
 
     try:
-        model = timm.create_model(full_tag, pretrained=True, **kwargs)
+        model = _build(full_tag, kwargs, pretrained=True)
     except _hub_errors() as error:
         raise PretrainedWeightsError(_offline_message(full_tag, pretrained_cfg, error)) from None
+    except RuntimeError as error:
+        raise ValueError(
+            f"the pretrained weights of {full_tag} do not fit the model built with {kwargs}: "
+            f"{error}"
+        ) from None
     resolved = f"{arch}.{model.pretrained_cfg.get('tag') or weights_tag}"
     return model, WeightsInfo(source="hub", tag=resolved)
 

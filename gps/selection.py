@@ -66,8 +66,8 @@ def is_norm_layer(module: nn.Module) -> bool:
     return isinstance(module, NORM_MODULES) or "Norm" in type(module).__name__
 
 
-def _parameter_role(model_heads: set[int], module: nn.Module, param: nn.Parameter) -> str:
-    if id(param) in model_heads:
+def _parameter_role(head_ids: set[int], module: nn.Module, param: nn.Parameter) -> str:
+    if id(param) in head_ids:
         return ROLE_HEAD
     if isinstance(module, WEIGHT_MODULES):
         if param is module.weight:

@@ -74,7 +74,7 @@ def test_mask_file_stores_metadata(tmp_path):
 
 
 def test_mask_file_is_compact(tmp_path):
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10)
+    model = _tiny_vit(embed_dim=384, num_heads=6)
     mask = _gps_mask(model, k=1)
     path = tmp_path / "small.pth"
 

@@ -260,3 +260,8 @@ def test_features_are_pre_logits():
 
     assert pooled.shape == (2, 32)
     assert torch.allclose(model.head(pooled), model(x), atol=1e-6)
+
+
+def test_rejected_model_argument():
+    with pytest.raises(ValueError, match="rejected its arguments"):
+        create_model("resnet10t", num_classes=3, pretrained=None, img_size=64)
