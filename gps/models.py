@@ -221,7 +221,10 @@ def head_modules(model: nn.Module) -> list[nn.Module]:
     parameters and is still returned.
     """
     if not hasattr(model, "get_classifier"):
-        raise ValueError(f"{type(model).__name__} has no get_classifier(); use a timm model")
+        raise ValueError(
+            f"{type(model).__name__} has no get_classifier(): pass a timm model (for "
+            "DistributedDataParallel, pass model.module)"
+        )
     classifier = model.get_classifier()
     if isinstance(classifier, (tuple, list)):
         return list(classifier)

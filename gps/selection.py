@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from timm.layers import LayerScale, LayerScale2d
 from torch import Tensor, nn
@@ -197,6 +198,11 @@ def accumulate_gradients(
     statistics are restored afterwards, as are `requires_grad`, `.grad` and the train/eval
     mode, so the model leaves the pass exactly as it entered.
 
+    Under torch.distributed (one process per GPU, each loader yielding its own shard), pass the
+    unwrapped model, not the DistributedDataParallel wrapper. The signed gradient sums and
+    image counts are then summed over all processes, so every process gets the same scores.
+    `max_images` applies per process.
+
     Args:
         model: A timm model whose parameters are on `device` in float32.
         loader: Yields ((view_1, view_2, ...), labels), or (images, labels) for one view.
@@ -235,6 +241,8 @@ def accumulate_gradients(
             model, loader, loss, temperature, max_images, device, amp_dtype, num_classes,
             log_interval,
         )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            stats["images"] = _all_reduce_sum(weights, stats["images"], device)
         scores = _collect_scores(weights)
     finally:
         state.restore(model)
@@ -324,6 +332,17 @@ def _run_pass(
         "images": images, "batches": len(batch_losses), "mean_loss": mean_loss,
         "seconds": seconds, "batch_losses": batch_losses,
     }
+
+
+def _all_reduce_sum(weights: Mapping[str, nn.Parameter], images: int, device: torch.device) -> int:
+    """Sum the accumulated gradients and image counts over all processes; return the images."""
+    for p in weights.values():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    count = torch.tensor([images], dtype=torch.float64, device=device)
+    dist.all_reduce(count)
+    return int(count.item())
 
 
 def _expected_batches(loader: Iterable) -> int | None:
@@ -530,8 +549,8 @@ def _check_scores(weights: Mapping[str, nn.Parameter], scores: Mapping[str, Tens
             raise ValueError(f"no score for selectable weight {name!r}; were the scores made for this model?")
         if tuple(scores[name].shape) != tuple(p.shape):
             raise ValueError(
-                f"score of {name!r} has shape {tuple(scores[name].shape)}, the weight "
-                f"{tuple(p.shape)}"
+                f"score of {name!r} has shape {tuple(scores[name].shape)} but the weight has "
+                f"shape {tuple(p.shape)}; were the scores made for this model?"
             )
     extra = [name for name in scores if name not in weights]
     if extra:

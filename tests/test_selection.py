@@ -336,3 +336,22 @@ def test_build_mask_rejects_foreign_scores():
 
     with pytest.raises(ValueError, match=r"no score for selectable weight 'blocks\.1\.mlp\.fc1\.weight'"):
         build_mask(model, scores, 1)
+
+
+def test_gradient_pass_sums_over_processes(monkeypatch):
+    import torch.distributed as dist
+
+    single = accumulate_gradients(_tiny("vit"), _tensor_loader())
+
+    def all_reduce_two_equal_ranks(tensor, *args, **kwargs):
+        # Two processes with identical shards: the sum doubles every value.
+        tensor.mul_(2)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *args, **kwargs: 2)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce_two_equal_ranks)
+    summed = accumulate_gradients(_tiny("vit"), _tensor_loader())
+
+    assert summed.images == 2 * single.images
+    for name, score in single.scores.items():
+        assert torch.equal(summed.scores[name], 2 * score), name

@@ -187,7 +187,8 @@ def _conv_padding(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tup
     if module.padding == "valid":
         return x, (0,) * dims
     pad = []
-    for size, dilation in zip(reversed(module.kernel_size), reversed(module.dilation)):
+    for size, dilation in zip(reversed(module.kernel_size), reversed(module.dilation),
+                              strict=True):
         total = dilation * (size - 1)
         pad += [total // 2, total - total // 2]
     return F.pad(x, pad), (0,) * dims
