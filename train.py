@@ -41,7 +41,8 @@ def run(cfg: RunConfig) -> dict:
     run_dir = builders.run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "log.txt")
-    save_config(cfg, run_dir / "config.yaml")
+    if not cfg.eval_only:
+        save_config(cfg, run_dir / "config.yaml")
     logger.info("run folder %s", run_dir)
 
     # Seed and device.

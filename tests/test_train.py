@@ -13,13 +13,13 @@ import torch
 
 import train
 from gps.checkpoint import merge_run
-from gps.config import build_config
+from gps.config import build_config, config_to_dict
 from gps.mask import load_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = {
-    "dataset": "demo/digits", "data_dir": str(ROOT / "data/demo"),
+    "dataset": "demo/digits", "data_dir": str(ROOT / "data/demo"), "protocol": "tune",
     "model": "vit_tiny_patch16_224", "pretrained": "none", "img_size": 16,
     "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
                      "init_values": 1e-5},
@@ -57,13 +57,15 @@ def final_parameters(cfg) -> dict[str, torch.Tensor]:
     return torch.load(out, weights_only=True)
 
 
-@pytest.mark.parametrize("opt, amp, weight_decay", [
-    ("adam", "none", 0.05), ("adamw", "none", 0.05), ("adam", "bf16", 0.0),
-])
-def test_only_trainable_entries_change(tmp_path, opt, amp, weight_decay):
-    cfg = tiny_config(tmp_path, opt=opt, amp=amp, weight_decay=weight_decay, model_ema=True,
-                      model_ema_decay=0.9)
-    results = train.run(cfg)
+@pytest.fixture(scope="module")
+def gps_run(tmp_path_factory):
+    """One GPS run (Adam with weight decay, float32, EMA) shared by the read-only tests."""
+    cfg = tiny_config(tmp_path_factory.mktemp("gps_run"), weight_decay=0.05, model_ema=True,
+                      model_ema_decay=0.5)
+    return cfg, train.run(cfg)
+
+
+def check_only_trainable_entries_changed(cfg, results) -> None:
     before = initial_parameters(cfg)
     after = final_parameters(cfg)
     mask = load_mask(run_folder(cfg) / "mask.pth")
@@ -75,9 +77,18 @@ def test_only_trainable_entries_change(tmp_path, opt, amp, weight_decay):
     assert results["ema_top1"] is not None
 
 
-def test_frozen_entries_identical_in_checkpoint_and_ema(tmp_path):
-    cfg = tiny_config(tmp_path, model_ema=True, model_ema_decay=0.5)
-    train.run(cfg)
+def test_adam_weight_decay_keeps_frozen_entries(gps_run):
+    check_only_trainable_entries_changed(*gps_run)
+
+
+def test_adamw_bf16_keeps_frozen_entries(tmp_path):
+    cfg = tiny_config(tmp_path, opt="adamw", amp="bf16", weight_decay=0.05, model_ema=True,
+                      model_ema_decay=0.9, epochs=1)
+    check_only_trainable_entries_changed(cfg, train.run(cfg))
+
+
+def test_checkpoint_and_ema_store_trainable_only(gps_run):
+    cfg, _ = gps_run
     checkpoint = torch.load(run_folder(cfg) / "checkpoint.pth", weights_only=False)
     mask = load_mask(run_folder(cfg) / "mask.pth")
     partial = [n for n, m in mask.items() if 0 < int(m.sum()) < m.numel()]
@@ -90,21 +101,22 @@ def test_frozen_entries_identical_in_checkpoint_and_ema(tmp_path):
 
 
 def test_loss_decreases_on_demo_images(tmp_path):
-    cfg = tiny_config(tmp_path, method="full", epochs=4, max_steps_per_epoch=6, lr=2e-3)
+    cfg = tiny_config(tmp_path, method="full", epochs=3, max_steps_per_epoch=6, lr=2e-3,
+                      eval_interval=3)
     train.run(cfg)
     with open(run_folder(cfg) / "metrics.csv") as handle:
         losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
-    assert len(losses) == 4
+    assert len(losses) == 3
     assert losses[-1] < losses[0]
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    whole = tiny_config(tmp_path / "a", epochs=3, model_ema=True, model_ema_decay=0.8)
+    whole = tiny_config(tmp_path / "a", epochs=2, model_ema=True, model_ema_decay=0.8)
     whole_results = train.run(whole)
 
-    interrupted = tiny_config(tmp_path / "b", epochs=3, model_ema=True, model_ema_decay=0.8)
+    interrupted = tiny_config(tmp_path / "b", epochs=2, model_ema=True, model_ema_decay=0.8)
     _run_epochs(interrupted, 1)
-    resumed = tiny_config(tmp_path / "b", epochs=3, model_ema=True, model_ema_decay=0.8,
+    resumed = tiny_config(tmp_path / "b", epochs=2, model_ema=True, model_ema_decay=0.8,
                           resume="auto")
     resumed_results = train.run(resumed)
 
@@ -138,10 +150,9 @@ def _run_epochs(cfg, epochs: int) -> None:
         train.train_one_epoch = original
 
 
-def test_eval_only_reproduces_accuracy(tmp_path):
-    cfg = tiny_config(tmp_path)
-    results = train.run(cfg)
-    again = train.run(tiny_config(tmp_path, eval_only=True))
+def test_eval_only_reproduces_accuracy(gps_run):
+    cfg, results = gps_run
+    again = train.run(build_config(overrides={**config_to_dict(cfg), "eval_only": True}))
     assert again["eval_top1"] == results["top1"]
     assert again["eval_top5"] == results["top5"]
 
@@ -171,7 +182,7 @@ def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("method, expected", [("linear", "head"), ("bitfit", "bias")])
 def test_baseline_methods_train_their_parameters(tmp_path, method, expected):
-    cfg = tiny_config(tmp_path, method=method, epochs=1)
+    cfg = tiny_config(tmp_path, method=method, epochs=1, max_steps_per_epoch=2)
     results = train.run(cfg)
     mask = load_mask(run_folder(cfg) / "mask.pth")
     trained = [n for n, m in mask.items() if m.any()]
@@ -181,16 +192,16 @@ def test_baseline_methods_train_their_parameters(tmp_path, method, expected):
     assert results["trainable_params"]["with_head"] == sum(int(m.sum()) for m in mask.values())
 
 
-def test_results_json_reports_run(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=2)
-    train.run(cfg)
+def test_results_json_reports_run(gps_run):
+    cfg, _ = gps_run
     folder = run_folder(cfg)
     results = json.loads((folder / "results.json").read_text())
     for key in ("top1", "top5", "max_top1_over_epochs", "trainable_params", "wall_time_s",
                 "train_images_per_s", "peak_memory", "environment", "weights"):
         assert key in results, key
-    assert results["eval_split"] == "test"
-    assert results["eval_images"] == 300
+    assert results["eval_split"] == "val200"
+    assert results["eval_images"] == 100
+    assert results["ema_top1"] is not None
     assert results["weights"]["source"] == "none"
     assert (folder / "config.yaml").is_file()
     assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
@@ -205,3 +216,37 @@ def test_cli_reports_bad_data_dir_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "missing") in result.stderr
+
+
+def test_merged_file_loads_in_timm(gps_run, tmp_path):
+    import timm
+
+    cfg, results = gps_run
+    out = tmp_path / "merged.safetensors"
+    assert subprocess.run([sys.executable, "-m", "gps.checkpoint", "merge", str(run_folder(cfg)),
+                           "--out", str(out)], cwd=ROOT, timeout=120).returncode == 0
+    model = timm.create_model(cfg.model, pretrained=True, num_classes=10, img_size=cfg.img_size,
+                              pretrained_cfg_overlay=dict(file=str(out), num_classes=10),
+                              **cfg.model_kwargs)
+    merged = final_parameters(cfg)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, merged[name]), name
+
+
+def test_select_params_writes_mask_and_summary(tmp_path):
+    out = tmp_path / "mask.pth"
+    command = [sys.executable, "select_params.py", "--dataset", "demo/digits", "--data-dir",
+               "data/demo", "--model", "vit_tiny_patch16_224", "--pretrained", "none",
+               "--img-size", "16", "--model-kwargs", "{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+               "--k", "3", "--max-images", "32", "--batch-size", "16", "--num-workers", "0",
+               "--out", str(out), "--save-scores", str(tmp_path / "scores.pth")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["meta"]["k"] == 3
+    assert summary["meta"]["images"] == 32
+    mask = load_mask(out)
+    qkv = mask["blocks.0.attn.qkv.weight"]
+    assert torch.equal(qkv.sum(dim=1), torch.full((qkv.shape[0],), 3))
+    scores = torch.load(tmp_path / "scores.pth", weights_only=True)
+    assert set(scores) == {n for n, m in mask.items() if 0 < int(m.sum()) < m.numel()}
