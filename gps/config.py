@@ -42,7 +42,7 @@ def option(default: Any, help: str, choices: Sequence[Any] | None = None, minimu
 
 @dataclass
 class SelectionConfig:
-    """How the gradient pass scores weights and how the mask is chosen from the scores."""
+    """Options of the gradient pass and of the rule that turns its scores into a mask."""
 
     loss: str = option("supcon", "loss of the gradient pass: supervised contrastive on two views "
                        "(the head plays no part) or cross-entropy on the head", choices=("supcon", "ce"))
@@ -60,7 +60,7 @@ class SelectionConfig:
 
 @dataclass
 class TuningConfig:
-    """How the mask is enforced during fine-tuning."""
+    """Options of mask enforcement during fine-tuning."""
 
     engine: str = option("dense", "dense: full gradients with unselected entries zeroed by hooks; "
                          "sparse: gradients and optimizer state only for trainable entries",

@@ -1,4 +1,4 @@
-"""What every update engine shares: the trainable set of a mask and optimizer grouping."""
+"""Parts shared by the update engines: the trainable set of a mask and optimizer grouping."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class TrainableSet:
     """The trainable entries of a model under a mask, per parameter.
 
     ``kind[name]`` is ``"all"`` (every entry trains), ``"partial"`` (some entries train) or
-    ``"none"`` (frozen). For partial tensors ``indices[name]`` holds the flat indices of the
+    ``"none"`` (frozen). For partial tensors ``indices[name]`` contains the flat indices of the
     trainable entries in ascending order.
     """
 

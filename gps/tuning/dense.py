@@ -1,12 +1,12 @@
 """Dense mask enforcement: full gradients, with every unselected entry's gradient zeroed.
 
 Tensors with no trainable entry are frozen (``requires_grad=False``), so they get no gradient and
-no optimizer state. Tensors with some trainable entries keep a full gradient; a hook multiplies it
-by the mask on every precision path, before gradient clipping, loss-scale unscaling and the
-optimizer see it. With a zero gradient, Adam, AdamW and SGD (with or without momentum) leave an
-entry bit-identical because its moment buffers stay zero. Weight decay would still move frozen
-entries, so partially trained tensors get ``weight_decay=0`` in the optimizer and the decay is
-applied here to the trainable entries only.
+no optimizer state. Tensors with some trainable entries keep a full gradient. A hook multiplies
+it by the mask on every precision path, so gradient clipping, loss-scale unscaling and the
+optimizer only see the masked gradient. With a zero gradient, Adam, AdamW and SGD (with or
+without momentum) leave an entry bit-identical because its moment buffers stay zero. Weight
+decay would still move frozen entries, so partially trained tensors get ``weight_decay=0`` in the
+optimizer and the decay is applied here to the trainable entries only.
 """
 
 from __future__ import annotations
