@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gps import builders
+from gps import builders, distributed
 from gps.config import ConfigError, parse_cli
 from gps.data import DatasetError
 from gps.engine import resolve_precision
@@ -39,19 +39,25 @@ def default_mask_path(cfg) -> Path:
 
 def select(cfg, out: Path, scores_path: Path | None) -> dict:
     """Run the selection of ``cfg``, write the mask and its summary, and return the summary."""
-    builders.seed_everything(cfg.seed)
-    device = builders.resolve_device(cfg.device)
+    dist_ctx = distributed.setup(cfg.device)
+    device = dist_ctx.device
     precision = resolve_precision(cfg.amp, device)
+    if not dist_ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    builders.seed_everything(cfg.seed)
     data = builders.load_data(cfg)
     model, weights = builders.build_model(cfg, data.num_classes)
     model.to(device)
     data_config = builders.data_config_of(model, cfg.img_size)
 
     mask, meta, scores = builders.obtain_mask(cfg, model, data, data_config, device, precision,
-                                              keep_scores=True)
+                                              keep_scores=True, dist_ctx=dist_ctx)
     meta["weights"] = weights_identity_of(weights)
-    save_mask(out, mask, model, meta)
+    meta["sha256"] = distributed.check_same_everywhere(mask, "mask", dist_ctx)
     summary = mask_summary(model, mask)
+    if not dist_ctx.is_main:
+        return summary
+    save_mask(out, mask, model, meta)
     write_json(out.with_suffix(".json"), {"mask_file": str(out), "meta": meta, "summary": summary})
     if scores_path is not None and scores is not None:
         scores_path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as error:
         logger.error("%s", error)
         return 2
+    finally:
+        distributed.cleanup()
     return 0
 
 

@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from gps import builders
+from gps import builders, distributed
 from gps.config import ConfigError, RunConfig, parse_cli, save_config
 from gps.data import DatasetError
 from gps.engine import NonFiniteLossError, StepContext, resolve_precision, train_one_epoch
 from gps.mask import format_summary, load_mask, load_mask_meta, mask_summary, save_mask
-from gps.runlog import MetricsWriter, close_log_file, setup_logging
+from gps.runlog import MetricsWriter, close_log_file, setup_logging, write_json
 from gps.training import (
     RunState,
     build_results,
@@ -36,28 +36,37 @@ logger = logging.getLogger("train")
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run one configuration end to end and return its results."""
+    """Run one configuration end to end and return its results (on every process)."""
     start_time = time.time()
-    run_dir = builders.run_dir_for(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "log.txt")
-    if not cfg.eval_only:
-        save_config(cfg, run_dir / "config.yaml")
-    logger.info("run folder %s", run_dir)
 
-    # Seed and device.
-    builders.seed_everything(cfg.seed)
-    device = builders.resolve_device(cfg.device)
+    # Processes and device: one process, or one per GPU (or CPU share) under torchrun.
+    dist_ctx = distributed.setup(cfg.device)
+    device = dist_ctx.device
     precision = resolve_precision(cfg.amp, device)
 
-    # Data, checked before any work starts.
+    # Run folder, log and resolved configuration (written by the main process only).
+    run_dir = builders.run_dir_for(cfg)
+    if dist_ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(run_dir / "log.txt")
+        if not cfg.eval_only:
+            save_config(cfg, run_dir / "config.yaml")
+        logger.info("run folder %s", run_dir)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)
+    if dist_ctx.enabled:
+        logger.info("%d processes, batch %d per process, global batch %d (lr is not scaled)",
+                    dist_ctx.world_size, cfg.batch_size, cfg.batch_size * dist_ctx.world_size)
+
+    # Seed, then the data, checked before any work starts.
+    builders.seed_everything(cfg.seed)
     data = builders.load_data(cfg)
 
     # Model with a new head, and its transforms.
     model, weights = builders.build_model(cfg, data.num_classes)
     model.to(device)
     data_config = builders.data_config_of(model, cfg.img_size)
-    loaders = builders.build_loaders(cfg, data, data_config)
+    loaders = builders.build_loaders(cfg, data, data_config, dist_ctx)
 
     # Mask: the gradient pass, a given mask file, or a baseline's rule. A resumed or evaluated
     # run reuses the mask of its run folder.
@@ -66,8 +75,11 @@ def run(cfg: RunConfig) -> dict:
         mask_file = checkpoint.parent / "mask.pth"
         mask, mask_meta = load_mask(mask_file, model), load_mask_meta(mask_file)
     else:
-        mask, mask_meta = builders.obtain_mask(cfg, model, data, data_config, device, precision)
-        save_mask(run_dir / "mask.pth", mask, model, mask_meta)
+        mask, mask_meta = builders.obtain_mask(cfg, model, data, data_config, device, precision,
+                                               dist_ctx=dist_ctx)
+        if dist_ctx.is_main:
+            save_mask(run_dir / "mask.pth", mask, model, mask_meta)
+    mask_meta["sha256"] = distributed.check_same_everywhere(mask, "mask", dist_ctx)
     summary = mask_summary(model, mask)
     logger.info("trainable entries\n%s", format_summary(summary))
 
@@ -81,35 +93,43 @@ def run(cfg: RunConfig) -> dict:
     scaler = torch.amp.GradScaler("cuda") if precision.dtype is torch.float16 else None
     ctx = StepContext(optimizer, engine, precision, scaler, ema, cfg.clip_grad, cfg.weight_decay,
                       decoupled_decay=cfg.opt == "adamw", log_interval=cfg.log_interval,
-                      max_steps=cfg.max_steps_per_epoch)
-    state = RunState(cfg, run_dir, model, engine, optimizer, scaler, ema)
+                      max_steps=cfg.max_steps_per_epoch,
+                      after_backward=builders.gradient_sync(engine, dist_ctx))
+    train_model = builders.wrap_distributed(model, dist_ctx)
+    state = RunState(cfg, run_dir, model, engine, optimizer, scaler, ema, dist=dist_ctx)
 
     # Resume an interrupted run, or evaluate a finished one.
     if checkpoint is not None:
         load_checkpoint(state, checkpoint)
     if cfg.eval_only:
         metrics = evaluate_all(state, loaders.eval, device, precision)
-        logger.info("evaluation: %s", metrics)
+        if dist_ctx.is_main:
+            write_json(run_dir / "eval.json", {"checkpoint": str(checkpoint), **metrics})
+        logger.info("evaluation of %s: %s", checkpoint, metrics)
         return metrics
 
-    # Epochs with evaluation.
-    metrics_writer = MetricsWriter(run_dir)
+    # Epochs with evaluation; the main process writes metrics and checkpoints.
+    metrics_writer = MetricsWriter(run_dir) if dist_ctx.is_main else None
     for epoch in range(state.epoch, cfg.epochs):
         scheduler.step(epoch)
-        builders.start_epoch(cfg, loaders.train, epoch)
-        row = train_one_epoch(model, loaders.train, ctx, epoch + 1, device)
+        builders.start_epoch(cfg, loaders.train, epoch, dist_ctx)
+        row = train_one_epoch(train_model, loaders.train, ctx, epoch + 1, device)
         if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
             row.update(evaluate_all(state, loaders.eval, device, precision))
         state.record_epoch(row)
-        metrics_writer.write(epoch + 1, row)
-        save_checkpoint(state)
-    metrics_writer.close()
+        if metrics_writer is not None:
+            metrics_writer.write(epoch + 1, row)
+            save_checkpoint(state)
+        distributed.barrier(dist_ctx)
+    if metrics_writer is not None:
+        metrics_writer.close()
 
     # Outputs: delta, results.json and a readable summary.
     results = build_results(state, summary, weights, data, device, precision,
                             time.time() - start_time)
-    write_outputs(state, results)
-    log_final_summary(results)
+    if dist_ctx.is_main:
+        write_outputs(state, results)
+        log_final_summary(results)
     return results
 
 
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         close_log_file()
+        distributed.cleanup()
     return 0
 
 

@@ -23,6 +23,13 @@ from gps.data import (
     get_task,
     load_task_data,
 )
+from gps.distributed import (
+    BatchShardSampler,
+    DistContext,
+    ShardedShuffleSampler,
+    ShardSampler,
+    average_gradients,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +39,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """Return the device of ``name`` ('auto' picks CUDA when present)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def task_folder_name(dataset: str) -> str:
@@ -98,28 +95,44 @@ class Loaders:
     eval: torch.utils.data.DataLoader
 
 
-def build_loaders(cfg: RunConfig, data: TaskData, data_config: dict) -> Loaders:
-    """Create the training and evaluation loaders of the protocol's splits."""
+def build_loaders(cfg: RunConfig, data: TaskData, data_config: dict,
+                  dist_ctx: DistContext | None = None) -> Loaders:
+    """Create the training and evaluation loaders of the protocol's splits.
+
+    Each process gets its shard: training batches of ``batch_size`` from a permutation seeded
+    per epoch, evaluation images without padding so that each is counted once.
+    """
+    dist_ctx = dist_ctx or DistContext()
+    world, rank = dist_ctx.world_size, dist_ctx.rank
     benchmark = data.task.benchmark
     train_set = ImageListDataset(data.train.samples, build_train_transform(data_config, benchmark),
                                  seed=cfg.seed)
     eval_set = ImageListDataset(data.eval.samples, build_eval_transform(data_config, benchmark))
-    train = build_loader(train_set, cfg.batch_size, train=True, seed=cfg.seed,
-                         num_workers=cfg.num_workers)
+    train_sampler = ShardedShuffleSampler(len(train_set), world, rank, cfg.seed)
+    train = build_loader(train_set, cfg.batch_size, train=True, seed=cfg.seed + rank,
+                         num_workers=cfg.num_workers, sampler=train_sampler)
     evaluation = build_loader(eval_set, cfg.batch_size, train=False, seed=cfg.seed,
-                              num_workers=cfg.num_workers)
+                              num_workers=cfg.num_workers,
+                              sampler=ShardSampler(len(eval_set), world, rank))
     return Loaders(train, evaluation)
 
 
-def build_selection_loader(cfg: RunConfig, data: TaskData, data_config: dict):
-    """Create the two-view loader of the gradient pass over the training split."""
+def build_selection_loader(cfg: RunConfig, data: TaskData, data_config: dict,
+                           dist_ctx: DistContext | None = None):
+    """Create the two-view loader of the gradient pass over this process's training shard.
+
+    The views of an image are drawn from (seed, image index), so neither the number of
+    processes nor of loader workers changes them, and processes take whole batches in turn.
+    """
+    dist_ctx = dist_ctx or DistContext()
     samples = data.train.samples
     if cfg.selection.max_images is not None:
         samples = samples[: cfg.selection.max_images]
     dataset = ImageListDataset(samples, TwoViewTransform(data_config), seed=cfg.seed)
     batch_size = cfg.selection.batch_size or cfg.batch_size
+    sampler = BatchShardSampler(len(dataset), batch_size, dist_ctx.world_size, dist_ctx.rank)
     return build_loader(dataset, batch_size, train=False, seed=cfg.seed,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, sampler=sampler)
 
 
 def build_optimizer(cfg: RunConfig, engine) -> torch.optim.Optimizer:
@@ -142,7 +155,8 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
 
 
 def obtain_mask(cfg: RunConfig, model: nn.Module, data: TaskData, data_config: dict,
-                device: torch.device, precision, keep_scores: bool = False):
+                device: torch.device, precision, keep_scores: bool = False,
+                dist_ctx: DistContext | None = None):
     """Return (mask, metadata[, scores]) for the run: a baseline rule, a mask file or selection.
 
     For GPS without ``--mask`` this runs the gradient pass over the training split. The model
@@ -166,12 +180,14 @@ def obtain_mask(cfg: RunConfig, model: nn.Module, data: TaskData, data_config: d
         generator = torch.Generator().manual_seed(cfg.seed)
         gradient = None
         if selection.scores == "gradient":
-            loader = build_selection_loader(cfg, data, data_config)
+            loader = build_selection_loader(cfg, data, data_config, dist_ctx)
             logger.info("gradient pass: %s loss over %d training images, batch %d",
                         selection.loss, len(loader.dataset), loader.batch_size)
+            # The loader already holds only the first max_images images; under several
+            # processes the pass sums the gradients of all shards.
             gradient = accumulate_gradients(
                 model, loader, loss=selection.loss, temperature=selection.temperature,
-                max_images=selection.max_images, device=device, amp_dtype=precision.dtype,
+                device=device, amp_dtype=precision.dtype,
                 num_classes=data.num_classes, log_interval=cfg.log_interval)
             scores = gradient.scores
             meta.update(gradient.metadata())
@@ -183,17 +199,39 @@ def obtain_mask(cfg: RunConfig, model: nn.Module, data: TaskData, data_config: d
     return result
 
 
-def start_epoch(cfg: RunConfig, loader: torch.utils.data.DataLoader, epoch: int) -> None:
-    """Seed everything random in an epoch from (seed, epoch) alone.
+def start_epoch(cfg: RunConfig, loader: torch.utils.data.DataLoader, epoch: int,
+                dist_ctx: DistContext | None = None) -> None:
+    """Seed everything random in an epoch from (seed, epoch, rank) alone.
 
     Data order, augmentations, dropout and drop-path then depend only on the epoch, so a run
     resumed at an epoch boundary continues exactly as the uninterrupted run would.
     """
+    rank = dist_ctx.rank if dist_ctx is not None else 0
     epoch_seed = cfg.seed * 1000 + epoch
-    seed_everything(epoch_seed)
+    seed_everything(epoch_seed + 1_000_003 * rank)
     loader.dataset.set_epoch(epoch)
     sampler = loader.sampler
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     elif getattr(sampler, "generator", None) is not None:
         sampler.generator.manual_seed(epoch_seed)
+
+
+def wrap_distributed(model: nn.Module, dist_ctx: DistContext) -> nn.Module:
+    """Wrap ``model`` in DistributedDataParallel under several processes, else return it.
+
+    DDP synchronises the gradients of the model's trainable parameters. With the dense engine the
+    mask hooks run when a gradient is computed, before DDP's all-reduce of it.
+    """
+    if not dist_ctx.enabled:
+        return model
+    device_ids = [dist_ctx.device.index] if dist_ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def gradient_sync(engine, dist_ctx: DistContext):
+    """Return a callable averaging the gradients DDP does not see (sparse compact values)."""
+    compact = list(engine.compact_parameters()) if hasattr(engine, "compact_parameters") else []
+    if not dist_ctx.enabled or not compact:
+        return None
+    return lambda: average_gradients(compact, dist_ctx)

@@ -6,11 +6,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gps.distributed import DistContext, all_reduce_sum
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +70,7 @@ class StepContext:
     decoupled_decay: bool = False
     log_interval: int = 20
     max_steps: int | None = None
-
-
-def _peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return None
+    after_backward: Callable[[], None] | None = None
 
 
 def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
@@ -86,6 +84,8 @@ def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         ctx.scaler.unscale_(ctx.optimizer)
     else:
         loss.backward()
+    if ctx.after_backward is not None:
+        ctx.after_backward()
     if ctx.clip_grad is not None:
         params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
         nn.utils.clip_grad_norm_(params, ctx.clip_grad)
@@ -143,8 +143,13 @@ def train_one_epoch(model: nn.Module, loader, ctx: StepContext, epoch: int,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, precision: Precision) -> dict:
-    """Return top-1 and top-5 accuracy (percent), mean loss and the number of images."""
+def evaluate(model: nn.Module, loader, device: torch.device, precision: Precision,
+             dist_ctx: DistContext | None = None) -> dict:
+    """Return top-1 and top-5 accuracy (percent), mean loss and the number of images.
+
+    Under several processes each one evaluates its shard and the counts are summed, so every
+    image of the split counts exactly once.
+    """
     model.eval()
     correct1 = correct5 = 0
     total_loss, count = 0.0, 0
@@ -161,6 +166,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: Precisio
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
         count += targets.shape[0]
+    if dist_ctx is not None:
+        correct1, correct5, total_loss, count = all_reduce_sum(
+            [correct1, correct5, total_loss, count], dist_ctx)
+        count = int(count)
     seconds = time.perf_counter() - start
     return {"top1": 100.0 * correct1 / max(count, 1), "top5": 100.0 * correct5 / max(count, 1),
             "loss": total_loss / max(count, 1), "images": count, "seconds": seconds}

@@ -13,6 +13,7 @@ from torch import nn
 
 from gps.checkpoint import CHECKPOINT_NAME, DELTA_NAME, atomic_save, save_delta, to_cpu
 from gps.config import RunConfig, config_to_dict
+from gps.distributed import DistContext
 from gps.engine import Precision, evaluate
 from gps.runlog import environment, peak_memory_mb, write_json
 from gps.tuning import swapped_in
@@ -33,6 +34,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None = None
     ema: object | None = None
+    dist: DistContext = field(default_factory=DistContext)
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
 
@@ -103,12 +105,12 @@ def load_checkpoint(state: RunState, path: Path) -> None:
 
 def evaluate_all(state: RunState, loader, device: torch.device, precision: Precision) -> dict:
     """Evaluate the model and, when kept, its EMA; return flat metrics."""
-    metrics = evaluate(state.model, loader, device, precision)
+    metrics = evaluate(state.model, loader, device, precision, state.dist)
     row = {"eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
            "eval_loss": metrics["loss"], "eval_images": metrics["images"]}
     if state.ema is not None:
         with swapped_in(state.model, state.engine.trainable, state.ema.values):
-            ema_metrics = evaluate(state.model, loader, device, precision)
+            ema_metrics = evaluate(state.model, loader, device, precision, state.dist)
         row.update({"eval_ema_top1": ema_metrics["top1"], "eval_ema_top5": ema_metrics["top5"]})
     return row
 

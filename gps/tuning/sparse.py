@@ -31,19 +31,20 @@ from gps.tuning.base import TrainableSet, split_decay
 
 logger = logging.getLogger(__name__)
 
-# Estimated cost of one gathered multiply-add of the gather path, in units of one multiply-add
-# of a dense matrix product. Measured on 2 CPU cores (torch 2.14, float32): a gathered
-# multiply-add costs about 2-18 ns, a GEMM multiply-add about 0.01 ns. Accelerators have a
-# similar ratio between memory-bound gathers and matrix-unit throughput.
-GATHER_COST = 256
+# Estimated cost of one multiply-add of the gather path, in units of one multiply-add of a
+# dense matrix product. Measured on 2 CPU cores (torch 2.14, float32, ViT-B/16 layer shapes,
+# batch 8): the ratio ranged from about 80 to 500. On accelerators it is an estimate: gathers
+# are memory-bound there too, while matrix units are faster still.
+GATHER_COST = 200
 
 # An input is saved whole instead of as a copy of its selected columns when the selected
 # columns are more than this fraction of all columns: the copy would save little memory.
 SUBSET_FRACTION = 0.9
 
-# Elements per chunk of the gather path's temporaries (about 1 MiB of float32), so that they
-# stay in cache.
-CHUNK_ELEMENTS = 1 << 18
+# Maximum elements of one temporary of the gather path (16 MiB of float32); longer inputs are
+# processed in chunks. Many small chunks are slower: each op has a fixed cost, and more so
+# when the CPU threads are contended.
+CHUNK_ELEMENTS = 1 << 22
 
 LINEAR_PATHS = ("auto", "gather", "product")
 
