@@ -44,8 +44,8 @@ launch_train() {
     return
   fi
 
-  # NOTE: torchrun starts NPROC x NNODES copies of train.py. They form one run only if train.py
-  # sets up DistributedDataParallel from the torchrun environment variables.
+  # torchrun starts NPROC x NNODES copies of train.py, which join one process group from the
+  # torchrun environment variables. --batch-size stays per process.
   local rendezvous=()
   if [[ -n ${RDZV_ENDPOINT:-} ]]; then
     rendezvous=(--rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-gps}")
