@@ -13,6 +13,7 @@ from torch import nn
 
 from gps.engine import Precision, StepContext, train_step
 from gps.tuning import DenseEngine, TrainableEma
+from gps.tuning import sparse
 from gps.tuning.sparse import SparseEngine
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -231,6 +232,18 @@ def test_linear_compact_gradient(path, input_shape, regular):
     state = engine.layers["layer.weight"]
     assert state.path == path
     assert (state.per_row == 2) if regular else (state.per_row is None)
+
+
+@pytest.mark.parametrize("regular", [True, False])
+def test_gather_path_in_chunks(monkeypatch, regular):
+    monkeypatch.setattr(sparse, "CHUNK_ELEMENTS", 30)
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 12)
+    if regular:
+        mask = random_rows_mask(layer.weight, 2, torch.Generator().manual_seed(1))
+    else:
+        mask = irregular_mask(tuple(layer.weight.shape))
+    compact_gradient_check(layer, torch.randn(3, 7, 40), mask, linear_path="gather")
 
 
 def test_linear_saves_selected_columns_only():

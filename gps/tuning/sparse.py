@@ -115,12 +115,12 @@ def _gather_gradient(layer: CompactWeight, grad2d: torch.Tensor,
     """Return the compact gradient as per-entry dot products over the rows of the input.
 
     Entry e at (row r, column c) gets ``sum_n grad[n, r] * x[n, c]``. The rows are processed in
-    chunks so that the gathered temporaries stay small.
+    chunks of at most ``CHUNK_ELEMENTS`` gathered values.
     """
     entries = layer.index.numel()
     out_features = grad2d.shape[1]
     chunk = max(1, CHUNK_ELEMENTS // max(entries, 1))
-    total = torch.zeros(entries, dtype=torch.float32, device=grad2d.device)
+    total = None
     for start in range(0, grad2d.shape[0], chunk):
         columns = saved[start:start + chunk].index_select(1, layer.positions).float()
         grad = grad2d[start:start + chunk].float()
@@ -129,7 +129,10 @@ def _gather_gradient(layer: CompactWeight, grad2d: torch.Tensor,
             product.mul_(grad.unsqueeze(2))
         else:
             product = columns.mul_(grad.index_select(1, layer.rows))
-        total.add_(product.reshape(product.shape[0], -1).sum(0))
+        partial = product.reshape(product.shape[0], -1).sum(0)
+        total = partial if total is None else total.add_(partial)
+    if total is None:
+        return torch.zeros(entries, dtype=torch.float32, device=grad2d.device)
     return total
 
 
