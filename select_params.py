@@ -20,6 +20,7 @@ from gps.config import ConfigError, parse_cli
 from gps.data import DatasetError
 from gps.engine import resolve_precision
 from gps.mask import format_summary, mask_summary, save_mask
+from gps.models import PretrainedWeightsError
 from gps.runlog import setup_logging, write_json
 
 logger = logging.getLogger("select_params")
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(extras["out"]) if "out" in extras else default_mask_path(cfg)
         scores_path = Path(extras["save-scores"]) if "save-scores" in extras else None
         select(cfg, out, scores_path)
-    except (ConfigError, DatasetError) as error:
+    except (ConfigError, DatasetError, PretrainedWeightsError, FileNotFoundError,
+            ValueError) as error:
+        # User errors: the message names the value and the fix, so no traceback is shown.
         logger.error("%s", error)
+        logger.debug("traceback", exc_info=True)
         return 2
     finally:
         distributed.cleanup()

@@ -19,6 +19,7 @@ from gps.config import ConfigError, RunConfig, parse_cli, save_config
 from gps.data import DatasetError
 from gps.engine import NonFiniteLossError, StepContext, resolve_precision, train_one_epoch
 from gps.mask import format_summary, load_mask, load_mask_meta, mask_summary, save_mask
+from gps.models import PretrainedWeightsError
 from gps.runlog import MetricsWriter, close_log_file, setup_logging, write_json
 from gps.training import (
     RunState,
@@ -140,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg, _ = parse_cli(sys.argv[1:] if argv is None else argv, prog="train.py",
                            description=__doc__.strip().splitlines()[0])
         run(cfg)
-    except (ConfigError, DatasetError) as error:
+    except (ConfigError, DatasetError, PretrainedWeightsError, FileNotFoundError,
+            ValueError) as error:
+        # User errors: the message names the value and the fix, so no traceback is shown.
         logger.error("%s", error)
+        logger.debug("traceback", exc_info=True)
         return 2
     except NonFiniteLossError as error:
         logger.error("%s", error)

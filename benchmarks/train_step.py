@@ -19,13 +19,17 @@ Configurations (add ``_ckpt`` to any of them for gradient checkpointing):
 
 Step time is the median over the measured steps after warm-up. Peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the peak resident set (VmHWM) minus
-the resident set after imports, before the model is built.
+the resident set after imports, before the model is built. With ``--repeat N`` the
+configurations run N times in turn, and the report takes the fastest of the N median step
+times (other processes on a shared machine only ever slow a run down) and the median of the N
+memory peaks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -184,12 +188,21 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     return json.loads(lines[-1])
 
 
+def combine_runs(runs: list[dict]) -> dict:
+    """Combine repeated runs of one configuration: fastest median step time, median peak."""
+    combined = dict(min(runs, key=lambda figures: figures["step_time_s"]))
+    combined["peak_memory_mb"] = statistics.median(f["peak_memory_mb"] for f in runs)
+    combined["runs"] = len(runs)
+    return combined
+
+
 def print_report(results: dict[str, dict], args: argparse.Namespace) -> None:
     """Print each configuration's figures and its ratios to full fine-tuning and dense GPS."""
     first = next(iter(results.values()))
     print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, K={args.k}, "
           f"{first['device']} {first['precision']}, {first['threads']} threads, "
-          f"torch {first['torch']}, median of {args.steps} steps after {args.warmup} warm-up")
+          f"torch {first['torch']}, median of {args.steps} steps after {args.warmup} warm-up, "
+          f"best of {args.repeat} runs")
     columns = ["config", "step s", "peak MB", "time/full", "time/dense", "mem/full",
                "mem/dense"]
     print("".join(f"{c:>12}" for c in columns))
@@ -211,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=1, help="selected entries per output row")
     parser.add_argument("--steps", type=int, default=5, help="measured steps")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps before them")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every configuration this many times, in turn")
     parser.add_argument("--img-size", type=int, default=224, help="input side length in pixels")
     parser.add_argument("--num-classes", type=int, default=100, help="classes of the new head")
     parser.add_argument("--configs", default="full,dense,sparse",
@@ -235,12 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         configs.append("sparse_ckpt")
     for config in configs:
         split_config(config)
-    results = {}
-    for config in configs:
-        results[config] = run_config(config, args)
-        if not args.json:
-            print(f"{config}: {results[config]['step_time_s']:.3f} s/step, "
-                  f"{results[config]['peak_memory_mb']:.0f} MB peak", file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict]] = {config: [] for config in configs}
+    for _ in range(args.repeat):
+        for config in configs:
+            figures = run_config(config, args)
+            runs[config].append(figures)
+            print(f"{config}: {figures['step_time_s']:.3f} s/step, "
+                  f"{figures['peak_memory_mb']:.0f} MB peak", file=sys.stderr)
+    results = {config: combine_runs(config_runs) for config, config_runs in runs.items()}
+    print(f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
+          file=sys.stderr)
     if args.json:
         print(json.dumps({config: {"step_time_s": figures["step_time_s"],
                                    "peak_memory_mb": figures["peak_memory_mb"]}

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gps.engine import Precision, StepContext, train_step
-from gps.tuning import DenseEngine, TrainableEma
-from gps.tuning import sparse
+from gps.tuning import DenseEngine, TrainableEma, sparse
 from gps.tuning.sparse import SparseEngine
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -436,3 +435,30 @@ def test_missing_gradient_warns(caplog):
         engine.after_step()
     assert "first.weight" in caplog.text
     assert "second.weight" not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["gather", "product"])
+def test_bf16_autocast_gradients_close_to_dense(path):
+    images, targets = random_batch()
+    trained = {}
+    for engine_name in ("dense", "sparse"):
+        model = make_model("vit")
+        mask = gps_like_mask(model)
+        if engine_name == "dense":
+            engine = DenseEngine(model, mask)
+        else:
+            engine = SparseEngine(model, mask, linear_path=path)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images)
+        assert logits.dtype == torch.bfloat16
+        F.cross_entropy(logits.float(), targets).backward()
+        trained[engine_name] = (model, engine)
+    dense_model, _ = trained["dense"]
+    _, sparse_engine = trained["sparse"]
+    dense_params = dict(dense_model.named_parameters())
+    for name, layer in sparse_engine.layers.items():
+        expected = dense_params[name].grad.reshape(-1)[layer.index]
+        assert layer.values.grad.dtype == torch.float32
+        scale = float(expected.abs().max())
+        difference = float((layer.values.grad - expected).abs().max())
+        assert difference <= 0.05 * scale, (name, difference, scale)
