@@ -22,6 +22,7 @@ from gps.engine import resolve_precision
 from gps.mask import format_summary, mask_summary, save_mask
 from gps.models import PretrainedWeightsError
 from gps.runlog import setup_logging, write_json
+from gps.training import weights_identity
 
 logger = logging.getLogger("select_params")
 
@@ -53,7 +54,7 @@ def select(cfg, out: Path, scores_path: Path | None) -> dict:
 
     mask, meta, scores = builders.obtain_mask(cfg, model, data, data_config, device, precision,
                                               keep_scores=True, dist_ctx=dist_ctx)
-    meta["weights"] = weights_identity_of(weights)
+    meta["weights"] = weights_identity(weights)
     meta["sha256"] = distributed.check_same_everywhere(mask, "mask", dist_ctx)
     summary = mask_summary(model, mask)
     if not dist_ctx.is_main:
@@ -67,13 +68,6 @@ def select(cfg, out: Path, scores_path: Path | None) -> dict:
     logger.info("mask summary\n%s", format_summary(summary))
     logger.info("wrote mask %s and summary %s", out, out.with_suffix(".json"))
     return summary
-
-
-def weights_identity_of(weights) -> dict:
-    """Return the weights identity as a JSON-ready dict."""
-    from gps.training import weights_identity
-
-    return weights_identity(weights)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,10 @@ from torch import nn
 
 from gps.checkpoint import CHECKPOINT_NAME, DELTA_NAME, atomic_save, save_delta, to_cpu
 from gps.config import RunConfig, config_to_dict
+from gps.data import TaskData
 from gps.distributed import DistContext
 from gps.engine import Precision, evaluate
+from gps.models import WeightsInfo
 from gps.runlog import environment, peak_memory_mb, write_json
 from gps.tuning import swapped_in
 
@@ -123,8 +125,8 @@ def _best_over_epochs(history: list[dict], key: str) -> dict | None:
     return {"top1": value, "epoch": epoch}
 
 
-def build_results(state: RunState, summary: dict, weights, data, device: torch.device,
-                  precision: Precision, wall_time_s: float) -> dict:
+def build_results(state: RunState, summary: dict, weights: WeightsInfo, data: TaskData,
+                  device: torch.device, precision: Precision, wall_time_s: float) -> dict:
     """Collect the results of a finished run (the contents of results.json)."""
     cfg, last = state.cfg, state.history[-1]
     train_seconds = sum(row["train_seconds"] for row in state.history)
@@ -158,16 +160,10 @@ def build_results(state: RunState, summary: dict, weights, data, device: torch.d
     }
 
 
-def weights_identity(weights) -> dict:
-    """Return the pretrained weights' identity as a JSON-ready dict."""
-    if weights is None:
-        return {"source": "none"}
-    if hasattr(weights, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        info = asdict(weights)
-        return {k: v for k, v in info.items() if k not in ("missing_keys", "unexpected_keys")}
-    return dict(weights)
+def weights_identity(weights: WeightsInfo) -> dict:
+    """Return the pretrained weights' identity (source, tag or path, sha256) for results.json."""
+    info = weights.to_dict()
+    return {k: v for k, v in info.items() if k not in ("missing_keys", "unexpected_keys")}
 
 
 def write_outputs(state: RunState, results: dict) -> None:
