@@ -139,6 +139,8 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
     """Measure one configuration in this process and return its figures."""
     base, suffix = split_config(config)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     baseline_mb = _status_mb("VmRSS")
     model = create_model(args).to(device)
     model.train()
@@ -177,7 +179,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
                "--model", args.model, "--batch-size", str(args.batch_size), "--k", str(args.k),
                "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--img-size", str(args.img_size), "--num-classes", str(args.num_classes),
-               "--device", args.device]
+               "--device", args.device, "--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"configuration {config} failed (exit code {result.returncode}):\n"
@@ -235,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run sparse_ckpt (sparse with gradient checkpointing)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=("cpu", "cuda"), help="where to run (default: cuda if present)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of torch (default 0: torch's own choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

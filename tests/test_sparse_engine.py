@@ -186,30 +186,30 @@ def compact_gradient_check(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor
     """Compare the sparse engine's gradients with autograd's dense ones for one layer."""
     torch.manual_seed(3)
     reference = Wrapper(layer)
-    sparse = Wrapper(copy.deepcopy(layer))
+    sparse_model = Wrapper(copy.deepcopy(layer))
     full_mask = {"layer.weight": mask}
     if layer.bias is not None:
         full_mask["layer.bias"] = torch.ones_like(layer.bias, dtype=torch.bool)
-    engine = SparseEngine(sparse, full_mask, linear_path=linear_path)
-    weight_out = torch.randn_like(layer(x))
-    x_ref = x.clone().requires_grad_(True)
+    engine = SparseEngine(sparse_model, full_mask, linear_path=linear_path)
+    cotangent = torch.randn_like(layer(x))
+    x_reference = x.clone().requires_grad_(True)
     x_sparse = x.clone().requires_grad_(True)
-    (reference(x_ref) * weight_out).sum().backward()
-    output = sparse(x_sparse)
-    (output * weight_out).sum().backward()
+    (reference(x_reference) * cotangent).sum().backward()
+    output = sparse_model(x_sparse)
+    (output * cotangent).sum().backward()
     assert torch.allclose(output, reference(x), atol=1e-6)
-    layer_state = engine.layers["layer.weight"]
-    expected = reference.layer.weight.grad.reshape(-1)[layer_state.index]
-    assert torch.allclose(layer_state.values.grad, expected, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(x_sparse.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    state = engine.layers["layer.weight"]
+    expected = reference.layer.weight.grad.reshape(-1)[state.index]
+    assert torch.allclose(state.values.grad, expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(x_sparse.grad, x_reference.grad, rtol=1e-4, atol=1e-5)
     if layer.bias is not None:
-        assert torch.allclose(sparse.layer.bias.grad, reference.layer.bias.grad, rtol=1e-4,
-                              atol=1e-5)
+        assert torch.allclose(sparse_model.layer.bias.grad, reference.layer.bias.grad,
+                              rtol=1e-4, atol=1e-5)
     return engine
 
 
 def irregular_mask(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Select a varying number of entries per row, including an empty row."""
+    """Select a varying number of entries per row, including an empty row and a full row."""
     generator = torch.Generator().manual_seed(seed)
     mask = torch.rand(shape, generator=generator) < 0.2
     mask[0] = False
@@ -230,7 +230,12 @@ def test_linear_compact_gradient(path, input_shape, regular):
     engine = compact_gradient_check(layer, torch.randn(input_shape), mask, linear_path=path)
     state = engine.layers["layer.weight"]
     assert state.path == path
-    assert (state.per_row == 2) if regular else (state.per_row is None)
+    if regular:
+        assert state.per_row == 2
+        assert state.saved_cols is not None
+    else:
+        assert state.per_row is None
+        assert state.saved_cols is None
 
 
 @pytest.mark.parametrize("regular", [True, False])

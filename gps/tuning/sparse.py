@@ -14,7 +14,26 @@ the trainable entries.
 
 Supported modules with a partial weight: ``nn.Linear`` and ``nn.Conv1d``, ``nn.Conv2d``,
 ``nn.Conv3d`` (including subclasses that keep the base class's ``forward``). Anything else is
-rejected at construction; the dense engine handles every module kind.
+rejected at construction, and the dense engine handles every module kind.
+
+Gradient of the compact values of a linear layer, for an input ``x`` flattened to N rows and
+the output gradient ``g``. Entry e at (row r, column c) needs ``sum_n g[n, r] * x[n, c]``, so
+the forward saves only the input columns that some entry uses (or the whole input when those
+are more than ``SUBSET_FRACTION`` of the columns). The backward then takes one of two paths:
+
+- gather: gather the saved columns per entry and multiply-add them with ``g``, about
+  ``GATHER_COST * entries`` multiply-add equivalents per input row;
+- product: the dense product ``g^T @ x_saved`` followed by a gather of the entries, about
+  ``out_features * saved_columns`` multiply-adds per input row.
+
+The engine picks the cheaper estimate per layer at construction and logs the choice at DEBUG
+level. With K selected entries per row the gather path wins for K up to about
+``saved_columns / GATHER_COST``, for example K=1 on ViT-B/16. Convolutions always compute the
+full weight gradient with ``torch.nn.grad.conv*d_weight`` and gather the entries from it.
+
+Gradient checkpointing works with timm's default non-reentrant variant. The compact values are
+not model parameters, so ``DistributedDataParallel`` does not synchronise their gradients:
+:meth:`SparseEngine.compact_parameters` returns them for an explicit all-reduce.
 """
 
 from __future__ import annotations
@@ -199,7 +218,11 @@ def _conv_padding(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tup
 
 
 class _SparseConvFunction(torch.autograd.Function):
-    """A convolution on the real weight whose backward returns the compact values' gradient."""
+    """A convolution on the real weight whose backward returns the compact values' gradient.
+
+    NOTE: the whole input is saved for the backward. Saving only the input channels that
+    selected entries use would need less memory for small K (not implemented).
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, values, layer, padding):
