@@ -19,7 +19,9 @@ Configurations (add ``_ckpt`` to any of them for gradient checkpointing):
 
 Step time is the median over the measured steps after warm-up. Peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the peak resident set (VmHWM) minus
-the resident set after imports, before the model is built. With ``--repeat N`` the
+the resident set after imports, before the model is built. The CPU time of the process per
+step (median) is printed too: on a shared machine it is less inflated by other processes than
+the step time, in particular with ``--threads 1``. With ``--repeat N`` the
 configurations run N times in turn, and the report takes the fastest of the N median step
 times (other processes on a shared machine only ever slow a run down) and the median of the N
 memory peaks.
@@ -154,21 +156,23 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
     targets = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for step in range(args.warmup + args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_step(model, images, targets, ctx)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = _status_mb("VmHWM") - baseline_mb
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     return {"config": config, "step_time_s": statistics.median(times), "peak_memory_mb": peak_mb,
-            "step_times_s": times, "trainable_values": trainable,
+            "cpu_time_s": statistics.median(cpu_times), "step_times_s": times,
+            "trainable_values": trainable,
             "threads": torch.get_num_threads(), "device": str(device),
             "precision": precision.label, "torch": torch.__version__}
 
@@ -205,11 +209,12 @@ def print_report(results: dict[str, dict], args: argparse.Namespace) -> None:
           f"{first['device']} {first['precision']}, {first['threads']} threads, "
           f"torch {first['torch']}, median of {args.steps} steps after {args.warmup} warm-up, "
           f"best of {args.repeat} runs")
-    columns = ["config", "step s", "peak MB", "time/full", "time/dense", "mem/full",
+    columns = ["config", "step s", "CPU s", "peak MB", "time/full", "time/dense", "mem/full",
                "mem/dense"]
     print("".join(f"{c:>12}" for c in columns))
     for config, figures in results.items():
-        row = [config, f"{figures['step_time_s']:.3f}", f"{figures['peak_memory_mb']:.0f}"]
+        row = [config, f"{figures['step_time_s']:.3f}", f"{figures['cpu_time_s']:.3f}",
+               f"{figures['peak_memory_mb']:.0f}"]
         for key in ("step_time_s", "peak_memory_mb"):
             for reference in ("full", "dense"):
                 if reference in results:

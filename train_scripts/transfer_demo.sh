@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Transfer demo on the bundled digits: train a tiny ViT from scratch on digits 0-4, then
+# transfer it to digits 5-9 (20 training images per class) with linear probing, BitFit, GPS
+# (K=1, 2, 4) and full fine-tuning, plus full training from scratch as a control. Each method's
+# lr is chosen by gps.sweep on the validation split (tune protocol, seed 0), and the chosen lr is
+# then run under the final protocol with seeds 0, 1 and 2. The script prints the source accuracy
+# and the comparison table of gps.tables. See docs/TRANSFER.md for the results and their limits.
+#
+# Usage: bash train_scripts/transfer_demo.sh
+# Environment:
+#   OUTPUT       output folder (default: output/transfer_demo); a second call reuses finished
+#                runs and resumes interrupted ones.
+#   PYTHON       Python interpreter (default: python).
+#   JOBS         target sweeps run in parallel (default: 2, one per CPU core).
+#   SEEDS        seeds of the final runs (default: 0,1,2).
+#   OMP_NUM_THREADS  threads per process (default here: 1). On a busy two-core machine two
+#                processes of two threads each ran far slower than two of one thread each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python}
+OUTPUT=${OUTPUT:-output/transfer_demo}
+JOBS=${JOBS:-2}
+SEEDS=${SEEDS:-0,1,2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+SOURCE_RUN="$OUTPUT/source/source/custom/seed0"
+PRETRAINED="$OUTPUT/source.safetensors"
+TARGET="$OUTPUT/target"
+LOGS="$OUTPUT/logs"
+mkdir -p "$LOGS"
+
+_run_logged() {
+  echo "+ $*" >&2
+  "$@"
+}
+
+# Step 1: the source model (digits 0-4, trained from scratch), merged into a state dict.
+if [[ ! -f "$SOURCE_RUN/results.json" ]]; then
+  _run_logged "$PYTHON" train.py --config configs/transfer/source.yaml --output "$OUTPUT/source" \
+    --resume auto > "$LOGS/source.log" 2>&1
+fi
+if [[ ! -f "$PRETRAINED" ]]; then
+  _run_logged "$PYTHON" -m gps.checkpoint merge "$SOURCE_RUN" --out "$PRETRAINED" \
+    >> "$LOGS/source.log" 2>&1
+fi
+
+# Step 2: one sweep per method on digits 5-9: lr on the validation split, then the final runs.
+# Each entry: experiment name, lr grid, train.py options. The methods that train few parameters
+# get a higher lr range than those that train every parameter.
+PEFT_LRS=3e-3,1e-2,3e-2
+FULL_LRS=3e-4,1e-3,3e-3
+SWEEPS=(
+  "linear $PEFT_LRS --method linear"
+  "bitfit $PEFT_LRS --method bitfit"
+  "gps_k1 $PEFT_LRS --method gps --k 1"
+  "gps_k2 $PEFT_LRS --method gps --k 2"
+  "gps_k4 $PEFT_LRS --method gps --k 4"
+  "full $FULL_LRS --method full"
+  "scratch $FULL_LRS --method full --pretrained none"
+)
+
+run_sweep() {
+  local name=$1 lrs=$2
+  shift 2
+  if ! _run_logged "$PYTHON" -m gps.sweep --config configs/transfer/target.yaml \
+      --grid "lr=$lrs" --seeds 0 --final-seeds "$SEEDS" --output "$TARGET" \
+      --experiment "$name" -- --pretrained "$PRETRAINED" "$@" > "$LOGS/$name.log" 2>&1; then
+    echo "sweep $name failed; see $LOGS/$name.log" >&2
+    touch "$LOGS/$name.failed"
+  fi
+}
+
+# A simple pool: at most JOBS sweeps at a time, each in its own process.
+rm -f "$LOGS"/*.failed
+for entry in "${SWEEPS[@]}"; do
+  read -r -a words <<< "$entry"
+  while (( $(jobs -rp | wc -l) >= JOBS )); do
+    wait -n || true
+  done
+  run_sweep "${words[@]}" &
+done
+wait
+if compgen -G "$LOGS/*.failed" > /dev/null; then
+  exit 1
+fi
+
+# Step 3: the tables.
+echo "Source task (digits 0-4, trained from scratch):"
+"$PYTHON" -m gps.tables "$OUTPUT/source" --table other 2>/dev/null
+echo
+echo "Target task (digits 5-9, 20 training images per class):"
+"$PYTHON" -m gps.tables "$TARGET" --table other
