@@ -1,11 +1,11 @@
 """Step time and peak memory of full fine-tuning, dense GPS and sparse GPS, side by side.
 
 Each configuration runs in a fresh Python process (``--worker CONFIG``), so the memory peak of
-one does not leak into the next. The model is randomly initialised (``pretrained=False``; the
-figures do not depend on the weights), the mask is a random selection of K entries per output
-row with the structure of a GPS mask (selection cost is not part of a training step), the
-optimizer is Adam, and the loss is cross-entropy on random images and labels. CPU runs in
-float32, CUDA in bf16 autocast.
+one does not leak into the next. The model is randomly initialised (``pretrained=False``),
+because the figures do not depend on the weights. The mask is a random selection of K entries
+per output row with the structure of a GPS mask, since the selection pass is not part of a
+training step. The optimizer is Adam, and the loss is cross-entropy on random images and
+labels. CPU runs in float32, CUDA in bf16 autocast.
 
     python benchmarks/train_step.py --model vit_base_patch16_224 --batch-size 8 --k 1
     python benchmarks/train_step.py --configs sparse,sparse_ckpt --steps 3 --warmup 1 --json
@@ -89,7 +89,7 @@ def gps_structured_mask(model: nn.Module, k: int, select_weights: bool,
 
 
 class PlainEngine:
-    """The engine interface for plain full fine-tuning: every parameter trains, nothing to do."""
+    """Engine interface for plain full fine-tuning, where every parameter trains."""
 
     name = "full"
 
@@ -144,6 +144,7 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     baseline_mb = _status_mb("VmRSS")
+
     model = create_model(args).to(device)
     model.train()
     if suffix == "ckpt":
@@ -156,6 +157,7 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
     targets = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
     times, cpu_times = [], []
     for step in range(args.warmup + args.steps):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -165,6 +167,7 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
+
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:

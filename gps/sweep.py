@@ -7,12 +7,14 @@
 Every grid point runs under the ``tune`` protocol (VTAB-1k: train800 -> val200; FGVC: train ->
 val; custom data: train -> val), each seed in its own run folder
 ``<output>/<experiment>/<task>/<point>_seed<seed>``. The experiment defaults to
-``sweep_<config file stem>``, and ``<output>/<experiment>/<task>`` is the sweep folder. The point
-with the highest validation top-1 (the run's last-epoch ``top1``, or ``ema_top1`` when
-``model_ema`` is on; the mean over seeds) is written to ``<sweep folder>/best.yaml`` with protocol
-``final``, and then run for every final seed in ``<output>/<experiment>_final/<task>/seed<seed>``,
-which is the folder ``python train.py --config best.yaml --seed N`` writes too. Test accuracies are
-never read before the choice is made. ``sweep.csv`` lists one row per point and seed.
+``sweep_<config file stem>``, and ``<output>/<experiment>/<task>`` is the sweep folder, with
+``sweep.csv`` (one row per point and seed) and ``best.yaml``.
+
+The score of a point is its validation top-1: the last-epoch ``top1`` of each run, or
+``ema_top1`` when ``model_ema`` is on, averaged over the seeds. The best point is written to
+``best.yaml`` with protocol ``final`` and then run for every final seed in
+``<output>/<experiment>_final/<task>/seed<seed>``. That is also the folder that
+``python train.py --config best.yaml --seed N`` writes. The choice reads no test-split result.
 
 An interrupted sweep continues where it stopped: a run folder with results.json is reused, one
 with a checkpoint resumes from it (``resume: auto``), and the rest run from the start. A run
@@ -69,7 +71,7 @@ BEST_YAML = "best.yaml"
 RESERVED_KEYS = ("protocol", "seed", "run_name", "resume", "eval_only", "experiment", "output")
 # Options that would move runs out of one sweep folder, so they cannot be grid axes.
 UNSWEEPABLE_KEYS = RESERVED_KEYS + ("dataset", "data_dir")
-# Options that change where or how fast a run executes but not what it computes; a reused run
+# Options that change where or how fast a run executes but not what it computes. A reused run
 # folder may differ from the sweep in these.
 RUNTIME_KEYS = frozenset({"resume", "num_workers", "device", "log_interval"})
 # train.py exit status for a non-finite training loss.
@@ -240,7 +242,7 @@ def _convert_values(key: str, texts: list[str], problems: list[str]) -> list[Any
         return None
     if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
         problems.append(f"--grid {key}: values {texts} repeat after conversion to "
-                        f"{[v for v in values]}; list each value once")
+                        f"{values}; list each value once")
         return None
     return values
 
@@ -351,10 +353,10 @@ def check_run_folders(runs: Sequence[SweepRun]) -> list[str]:
     if not stale:
         return []
     first, differences = stale[0]
-    shown = "; ".join(differences[:5])
-    others = f" and {len(stale) - 1} other run folder(s)" if len(stale) > 1 else ""
-    return [f"run folder {first.run_dir}{others} hold(s) runs of another configuration "
-            f"({shown}); pass another --output or --experiment, or delete the folder(s)"]
+    examples = "; ".join(differences[:5])
+    return [f"{len(stale)} run folder(s) contain a run of another configuration, e.g. "
+            f"{first.run_dir} ({examples}); pass another --output or --experiment, or delete "
+            "the folder(s)"]
 
 
 def folder_differences(run: SweepRun) -> list[str]:
@@ -383,7 +385,9 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in values.items():
         path = prefix + str(key)
-        if isinstance(value, dict) and path in ("selection", "tuning"):
+        # Nested sections (selection, tuning) are compared per option; dict options such as
+        # model_kwargs are compared whole.
+        if isinstance(value, dict) and path not in FIELDS:
             flat.update(_flatten(value, path + "."))
         else:
             flat[path] = value
@@ -518,8 +522,8 @@ def _execute_on_gpus(runs: Sequence[SweepRun], gpus: int,
                      on_finish: Callable[[SweepRun], None] | None) -> None:
     """Run each entry as a train.py subprocess, one per GPU, until all have finished.
 
-    NOTE: this path was written for machines with several GPUs but has not been run on GPUs;
-    it was checked only on a CPU machine by forcing it.
+    NOTE: this path has not been run on GPUs. It was checked only on a CPU machine, with the
+    GPU count forced to 2.
     """
     queue = list(runs)
     active: dict[int, tuple[subprocess.Popen, SweepRun, str, Any]] = {}
@@ -557,8 +561,9 @@ def _launch(run: SweepRun, gpu: int):
     console = open(run.run_dir / "console.txt", "a")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
     command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config_file)]
-    logger.info("GPU %d: %s %s seed %d in %s", gpu, status, format_point(run.point), run.seed,
-                run.run_dir)
+    logger.info("GPU %d: %s %s seed %d in %s", gpu,
+                "resuming" if status == "resumed" else "starting", format_point(run.point),
+                run.seed, run.run_dir)
     process = subprocess.Popen(command, env=env, stdout=console, stderr=subprocess.STDOUT)
     return process, run, status, console
 

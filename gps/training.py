@@ -69,6 +69,7 @@ def save_checkpoint(state: RunState) -> Path:
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "epoch": state.epoch,
+        "engine": state.engine.name,
         "trainable": to_cpu(state.engine.trainable_values()),
         "buffers": to_cpu(dict(state.model.named_buffers())),
         "optimizer": state.optimizer.state_dict(),
@@ -88,6 +89,10 @@ def load_checkpoint(state: RunState, path: Path) -> None:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this code (format "
                          f"{checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    if checkpoint.get("engine", state.engine.name) != state.engine.name:
+        raise ValueError(f"{path} was written by the {checkpoint['engine']!r} update engine, whose "
+                         f"optimizer state does not fit the {state.engine.name!r} engine; resume "
+                         f"with --tuning.engine {checkpoint['engine']}")
     params = dict(state.model.named_parameters())
     state.engine.trainable.scatter(params, checkpoint["trainable"])
     buffers = dict(state.model.named_buffers())

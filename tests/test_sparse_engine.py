@@ -60,8 +60,8 @@ def random_rows_mask(param: torch.Tensor, k: int, generator: torch.Generator) ->
 def gps_like_mask(model: nn.Module, k: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     """Build a mask with the structure of a GPS selection, choosing entries at random.
 
-    Linear and conv weights get ``k`` entries per output row; the head, biases and other
-    one-dimensional parameters outside normalisation layers (layer-scale) train fully;
+    Linear and conv weights get ``k`` entries per output row. The head, biases and other
+    one-dimensional parameters outside normalisation layers (layer-scale) train fully, and
     everything else is frozen.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -269,6 +269,7 @@ def test_linear_path_choice_by_cost(k, expected):
     assert engine.layers["layer.weight"].path == expected
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @pytest.mark.parametrize("make_layer, input_shape", [
     (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
     (lambda: nn.Conv2d(4, 6, 3, dilation=2, padding=2, bias=False), (2, 4, 9, 9)),

@@ -174,7 +174,7 @@ def test_changed_options_reject_old_folders(resumed_sweep):
     with pytest.raises(ConfigError) as caught:
         plan_tiny(output, overrides=[*TINY_OVERRIDES, "--epochs", "2"])
     (problem,) = caught.value.problems
-    assert "another configuration" in problem
+    assert "4 run folder(s) contain a run of another configuration" in problem
     assert "epochs: 1 in the folder, 2 now" in problem
 
 

@@ -78,7 +78,7 @@ _SUPPORTED_FORWARDS = {nn.Linear.forward: "linear", nn.Conv1d.forward: "conv",
 class CompactWeight:
     """The trainable entries of one partially trained weight and how to compute their gradient.
 
-    ``index`` holds the flat indices of the entries in ascending order. For linear layers the
+    ``index`` contains the flat indices of the entries in ascending order. For linear layers the
     forward saves the input columns ``saved_cols`` (all columns when None), and ``positions``
     maps each entry to its column within the saved input. ``per_row`` is K when every output
     row has exactly K entries (None otherwise), and ``path`` is "gather" or "product".
@@ -287,8 +287,8 @@ def _check_device(layer: CompactWeight, x: torch.Tensor) -> None:
                            f"but the weight is on {layer.weight.device}; build the sparse engine "
                            "after moving the model to its device")
     if x.device != layer.weight.device:
-        raise RuntimeError(f"input on {x.device} for {layer.name!r} whose weight is on "
-                           f"{layer.weight.device}")
+        raise RuntimeError(f"the input of {layer.name!r} is on {x.device} but the weight is on "
+                           f"{layer.weight.device}; move the input to the model's device")
 
 
 def _owner_module(model: nn.Module, name: str, shared: set[str]) -> tuple[nn.Module, str]:
@@ -371,7 +371,7 @@ def _warn_if_reentrant_checkpointing() -> None:
 
     Reentrant checkpointing returns no gradient for a checkpointed block whose input does not
     require grad, which is the case for the first block when the patch embedding is frozen.
-    timm 1.0 uses the non-reentrant variant unless ``TIMM_REENTRANT_CKPT`` is set.
+    timm 1.0.31 uses the non-reentrant variant unless ``TIMM_REENTRANT_CKPT`` is set.
     """
     try:
         from timm.layers import use_reentrant_ckpt
@@ -426,7 +426,11 @@ class SparseEngine:
                     paths.count("gather"), paths.count("product"))
 
     def compact_parameters(self) -> list[nn.Parameter]:
-        """Return the compact values; they are not model parameters, so DDP does not sync them."""
+        """Return the compact values.
+
+        DistributedDataParallel does not synchronise their gradients, because they are not
+        model parameters.
+        """
         return [layer.values for layer in self.layers.values()]
 
     def param_groups(self, weight_decay: float) -> list[dict]:
