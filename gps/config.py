@@ -62,7 +62,7 @@ class SelectionConfig:
 class TuningConfig:
     """Options of mask enforcement during fine-tuning."""
 
-    engine: str = option("dense", "dense: full gradients with unselected entries zeroed by hooks; "
+    engine: str = option("sparse", "dense: full gradients with unselected entries zeroed by hooks; "
                          "sparse: gradients and optimizer state only for trainable entries",
                          choices=("dense", "sparse"))
     grad_checkpointing: bool = option(False, "recompute block activations in the backward pass "

@@ -217,20 +217,20 @@ def test_cli_overrides_config_values():
 
 
 def test_cli_dash_form_of_nested_key():
-    cfg = _parse(["--dataset", "vtab/dtd", "--selection-loss", "ce", "--tuning-engine", "sparse",
+    cfg = _parse(["--dataset", "vtab/dtd", "--selection-loss", "ce", "--tuning-engine", "dense",
                   "--selection-max-images", "7"])
     assert cfg.selection.loss == "ce"
-    assert cfg.tuning.engine == "sparse"
+    assert cfg.tuning.engine == "dense"
     assert cfg.selection.max_images == 7
 
 
 def test_cli_aliases():
     cfg = _parse(["--dataset", "vtab/dtd", "--loss", "ce", "--max-images", "100",
-                  "--engine", "sparse", "--ema", "true", "--ema-decay", "0.99",
+                  "--engine", "dense", "--ema", "true", "--ema-decay", "0.99",
                   "--drop-path-rate", "0.1"])
     assert cfg.selection.loss == "ce"
     assert cfg.selection.max_images == 100
-    assert cfg.tuning.engine == "sparse"
+    assert cfg.tuning.engine == "dense"
     assert cfg.model_ema is True
     assert cfg.model_ema_decay == 0.99
     assert cfg.drop_path == 0.1
@@ -379,7 +379,7 @@ def test_empty_config_file_gives_defaults(tmp_path):
 
 def test_save_and_build_round_trip(tmp_path):
     cfg = _parse(["--config", str(CONFIGS / "fgvc/cars.yaml"), "--selection.max-images", "64",
-                  "--engine", "sparse", "--model-kwargs", "{depth: 2, embed_dim: 32}",
+                  "--engine", "dense", "--model-kwargs", "{depth: 2, embed_dim: 32}",
                   "--clip-grad", "1.0", "--run-name", "trial", "--img-size", "none"])
     path = tmp_path / "config.yaml"
     save_config(cfg, path)

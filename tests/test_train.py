@@ -81,9 +81,9 @@ def test_adam_weight_decay_keeps_frozen_entries(gps_run):
     check_only_trainable_entries_changed(*gps_run)
 
 
-def test_adamw_bf16_keeps_frozen_entries(tmp_path):
+def test_dense_adamw_bf16_keeps_frozen_entries(tmp_path):
     cfg = tiny_config(tmp_path, opt="adamw", amp="bf16", weight_decay=0.05, model_ema=True,
-                      model_ema_decay=0.9, epochs=1)
+                      model_ema_decay=0.9, epochs=1, tuning={"engine": "dense"})
     check_only_trainable_entries_changed(cfg, train.run(cfg))
 
 
