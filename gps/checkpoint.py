@@ -31,6 +31,9 @@ def atomic_save(obj: object, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file readable by its owner only
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from gps.checkpoint import atomic_save
 from gps.selection import (
     ROLE_BIAS,
     ROLE_HEAD,
@@ -137,18 +137,7 @@ def save_mask(
         "shapes": [list(mask[name].shape) for name in names],
         "entries": [_encode(mask[name]) for name in names],
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".mask-", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        torch.save(payload, tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_save(payload, path)
 
 
 def _architecture(model: nn.Module) -> str:
