@@ -193,12 +193,12 @@ def test_demo_config_values():
     assert cfg.data_dir == "data/demo"
     assert cfg.pretrained == "none"
     assert cfg.model == "vit_tiny_patch16_224"
-    assert cfg.img_size == 32
+    assert cfg.img_size == 16
     assert cfg.model_kwargs == {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
     assert cfg.method == "gps"
-    assert cfg.k == 4
-    assert cfg.epochs == 10
-    assert cfg.warmup_epochs == 1
+    assert cfg.k == 8
+    assert cfg.epochs == 30
+    assert cfg.warmup_epochs == 2
 
 
 # Command-line overrides.
