@@ -4,8 +4,8 @@
 
 DDP all-reduces the gradient of every model parameter that requires a gradient. The dense
 engine keeps a full gradient for each partially trained weight, so those weights are sent
-whole. The sparse engine leaves the weights frozen; only the head, biases and layer-scale go
-through DDP, and the compact selected values are averaged in one extra all-reduce. The figures
+whole. The sparse engine leaves the weights frozen, so only the head, biases and layer-scale go
+through DDP. Its compact selected values are averaged in one extra all-reduce. The figures
 are counted from the parameters each engine exposes, for float32 gradients (the dtype of the
 parameters under autocast), on a randomly initialised model with a random K-per-row mask of
 the GPS structure: the count depends only on the structure.

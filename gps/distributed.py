@@ -111,8 +111,8 @@ def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> Non
         offset += grad.numel()
 
 
-def check_same_everywhere(tensors: dict[str, torch.Tensor], what: str, ctx: DistContext) -> str:
-    """Hash ``tensors`` and stop the run if any process holds a different hash; return the hash."""
+def check_same_everywhere(tensors: dict[str, torch.Tensor], description: str, ctx: DistContext) -> str:
+    """Hash ``tensors`` and stop the run if any process has a different hash; return the hash."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
@@ -122,7 +122,7 @@ def check_same_everywhere(tensors: dict[str, torch.Tensor], what: str, ctx: Dist
         hashes: list[str | None] = [None] * ctx.world_size
         dist.all_gather_object(hashes, value)
         if len(set(hashes)) != 1:
-            raise RuntimeError(f"the {what} differs between processes (sha256 per rank: "
+            raise RuntimeError(f"the {description} differs between processes (sha256 per rank: "
                                f"{hashes}); the run stopped")
     return value
 
@@ -174,7 +174,7 @@ class ShardSampler(Sampler[int]):
 class BatchShardSampler(Sampler[int]):
     """Deal whole batches of an in-order pass to processes: rank r gets batches r, r + N, ...
 
-    Each batch holds the same images as in a single-process pass with the same batch size, so
+    Each batch contains the same images as in a single-process pass with the same batch size, so
     a loss that depends on the batch composition (SupCon contrasts the images of a batch) gives
     the same per-batch gradients, and their sum over processes equals the single-process sum.
     Loaders must use the same ``batch_size`` and keep the order.

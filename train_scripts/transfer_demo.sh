@@ -37,18 +37,16 @@ _run_logged() {
 }
 
 # One sweep per method on digits 5-9: lr on the validation split, then the final runs. Each
-# entry: experiment name, lr grid, train.py options. The methods that train few parameters get
-# a higher lr range than those that train every parameter.
-PEFT_LRS=3e-3,1e-2,3e-2,1e-1
-FULL_LRS=3e-4,1e-3,3e-3,1e-2
-SCRATCH_SWEEP="scratch $FULL_LRS --method full --pretrained none"
+# entry: experiment name, lr grid, train.py options. Each grid brackets the lr that a wider
+# grid (3e-4 to 1e-1) chose on the validation split.
+SCRATCH_SWEEP="scratch 1e-3,3e-3,1e-2 --method full --pretrained none"
 TRANSFER_SWEEPS=(
-  "linear $PEFT_LRS --method linear"
-  "bitfit $PEFT_LRS --method bitfit"
-  "gps_k1 $PEFT_LRS --method gps --k 1"
-  "gps_k2 $PEFT_LRS --method gps --k 2"
-  "gps_k4 $PEFT_LRS --method gps --k 4"
-  "full $FULL_LRS --method full"
+  "linear 1e-2,3e-2,1e-1 --method linear"
+  "bitfit 3e-3,1e-2,3e-2 --method bitfit"
+  "gps_k1 3e-3,1e-2,3e-2 --method gps --k 1"
+  "gps_k2 3e-3,1e-2,3e-2 --method gps --k 2"
+  "gps_k4 3e-3,1e-2,3e-2 --method gps --k 4"
+  "full 3e-4,1e-3,3e-3 --method full"
 )
 
 run_sweep() {
