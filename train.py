@@ -24,6 +24,7 @@ from gps.runlog import MetricsWriter, close_log_file, setup_logging, write_json
 from gps.training import (
     RunState,
     build_results,
+    check_run_folder,
     evaluate_all,
     load_checkpoint,
     log_final_summary,
@@ -38,7 +39,7 @@ logger = logging.getLogger("train")
 
 def run(cfg: RunConfig) -> dict:
     """Run one configuration end to end and return its results (on every process)."""
-    start_time = time.time()
+    started = time.time()
 
     # Processes and device: one process, or one per GPU (or CPU share) under torchrun.
     dist_ctx = distributed.setup(cfg.device)
@@ -47,6 +48,7 @@ def run(cfg: RunConfig) -> dict:
 
     # Run folder, log and resolved configuration (written by the main process only).
     run_dir = builders.run_dir_for(cfg)
+    check_run_folder(cfg, run_dir)
     if dist_ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(run_dir / "log.txt")
@@ -97,7 +99,8 @@ def run(cfg: RunConfig) -> dict:
                       max_steps=cfg.max_steps_per_epoch,
                       after_backward=builders.gradient_sync(engine, dist_ctx))
     train_model = builders.wrap_distributed(model, dist_ctx)
-    state = RunState(cfg, run_dir, model, engine, optimizer, scaler, ema, dist=dist_ctx)
+    state = RunState(cfg, run_dir, model, engine, optimizer, scaler, ema, dist=dist_ctx,
+                     started=started)
 
     # Resume an interrupted run, or evaluate a finished one.
     if checkpoint is not None:
@@ -106,7 +109,8 @@ def run(cfg: RunConfig) -> dict:
         metrics = evaluate_all(state, loaders.eval, device, precision)
         if dist_ctx.is_main:
             write_json(run_dir / "eval.json", {"checkpoint": str(checkpoint), **metrics})
-        logger.info("evaluation of %s: %s", checkpoint, metrics)
+        logger.info("evaluation of %s: top-1 %.2f%%, top-5 %.2f%% on %d images", checkpoint,
+                    metrics["eval_top1"], metrics["eval_top5"], metrics["eval_images"])
         return metrics
 
     # Epochs with evaluation; the main process writes metrics and checkpoints.
@@ -126,8 +130,7 @@ def run(cfg: RunConfig) -> dict:
         metrics_writer.close()
 
     # Outputs: delta, results.json and a readable summary.
-    results = build_results(state, summary, weights, data, device, precision,
-                            time.time() - start_time)
+    results = build_results(state, summary, weights, data, device, precision)
     if dist_ctx.is_main:
         write_outputs(state, results)
         log_final_summary(results)

@@ -172,7 +172,12 @@ def obtain_mask(cfg: RunConfig, model: nn.Module, data: TaskData, data_config: d
         mask = method_mask(model, cfg.method)
     elif cfg.mask is not None:
         mask = load_mask(cfg.mask, model)
-        meta.update(load_mask_meta(cfg.mask))
+        file_meta = load_mask_meta(cfg.mask)
+        if file_meta.get("k") not in (None, cfg.k):
+            raise ValueError(f"mask {cfg.mask} selects K={file_meta['k']} entries per row but the "
+                             f"run has --k {cfg.k}; pass --k {file_meta['k']} so that the run "
+                             "folder and results name the K the mask has")
+        meta.update(file_meta)
         meta["mask_file"] = str(cfg.mask)
         logger.info("using mask %s", cfg.mask)
     else:

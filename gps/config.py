@@ -336,6 +336,9 @@ def build_config(config_file: str | Path | None = None, overrides: dict[str, Any
     return cfg
 
 
+BARE_FLAG = "true"
+
+
 def _split_cli(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Parse ``--key value`` / ``--key=value`` / bare ``--flag`` pairs into a dict."""
     values: dict[str, str] = {}
@@ -354,7 +357,7 @@ def _split_cli(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
             key, value = arg, argv[i + 1]
             i += 2
         else:
-            key, value = arg, "true"  # a bare flag such as --eval-only
+            key, value = arg, BARE_FLAG  # such as --eval-only; only boolean options allow it
             i += 1
         values[key[2:]] = value
     return values, problems
@@ -364,15 +367,19 @@ def format_help(prog: str, description: str, extra: dict[str, str] | None = None
     """Return help text listing every option with its default and meaning."""
     lines = [f"usage: {prog} [--config FILE.yaml] [--key value ...]", "", description, "",
              "options (YAML keys use the same names with '_' and '.' for nesting):",
-             "  --config FILE         YAML file whose values the command-line options override"]
+             "  --config FILE                  YAML file whose values the command-line options override"]
+    width = max(len(path) for path in FIELDS) + 4
     for key, text in (extra or {}).items():
-        lines.append(f"  --{key:<20}{text}")
+        lines.append(f"  --{key:<{width}}{text}")
     for path, f in FIELDS.items():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get("choices")
         choice_text = f" {{{', '.join(map(str, choices))}}}" if choices else ""
+        default_text = "" if "(default:" in f.metadata["help"] else f" [default: {default!r}]"
+        if _base_type(f.type)[0] is bool:
+            choice_text = " {true, false}; a bare --" + path.replace("_", "-") + " means true"
         name = path.replace("_", "-")
-        lines.append(f"  --{name:<20}{f.metadata['help']}{choice_text} [default: {default!r}]")
+        lines.append(f"  --{name:<{width}}{f.metadata['help']}{choice_text}{default_text}")
     aliases = ", ".join(f"--{a.replace('_', '-')} = --{p.replace('_', '-')}" for a, p in ALIASES.items())
     lines += ["", f"aliases: {aliases}"]
     return "\n".join(lines)
@@ -404,6 +411,11 @@ def parse_cli(argv: Sequence[str], prog: str, description: str,
             apply_overrides(cfg, load_yaml(config_file), config_file, problems)
         except ConfigError as error:
             problems.extend(error.problems)
+    for key in [k for k, v in values.items() if v is BARE_FLAG]:
+        path = _canonical_key(key)
+        if path in FIELDS and _base_type(FIELDS[path].type)[0] is not bool:
+            problems.append(f"--{key}: missing value; write --{key} VALUE")
+            del values[key]
     apply_overrides(cfg, values, "the command line", problems)
     _check_consistency(cfg, problems)
     if check is not None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from gps.checkpoint import CHECKPOINT_NAME, DELTA_NAME, atomic_save, save_delta, to_cpu
@@ -39,11 +41,57 @@ class RunState:
     dist: DistContext = field(default_factory=DistContext)
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    earlier_wall_time_s: float = 0.0  # wall time of the sessions before a resume
+
+    def wall_time_s(self) -> float:
+        """Return the run's wall time so far, over every session that trained it."""
+        return self.earlier_wall_time_s + time.time() - self.started
 
     def record_epoch(self, row: dict) -> None:
         """Append the metrics of the epoch just finished."""
         self.history.append(dict(row))
         self.epoch += 1
+
+
+# Options that may change when a run is resumed: they do not change what the run computes.
+RUN_CONTROL_KEYS = {"resume", "eval_only", "num_workers", "log_interval", "device", "data_dir",
+                    "output", "mask"}
+
+
+def check_run_folder(cfg: RunConfig, run_dir: Path) -> None:
+    """Reject a run that would overwrite another run's folder or resume it with other settings."""
+    if cfg.eval_only:
+        return
+    if cfg.resume is None:
+        for name, what in (("results.json", "a finished run"), (CHECKPOINT_NAME, "an interrupted run")):
+            if (run_dir / name).is_file():
+                raise ValueError(f"run folder {run_dir} already contains {what}; pass --resume auto "
+                                 "to continue it, --eval-only to evaluate it, or --run-name NAME "
+                                 "for a new run folder")
+        return
+    saved_path = Path(cfg.resume) if cfg.resume != "auto" else run_dir
+    saved_path = (saved_path if saved_path.is_dir() else saved_path.parent) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    current = _flat(config_to_dict(cfg))
+    changed = [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(current)
+               if key.split(".")[0] not in RUN_CONTROL_KEYS and saved.get(key) != current.get(key)]
+    if changed:
+        raise ValueError(f"--resume continues the run in {saved_path.parent} with its own settings, "
+                         f"but these differ: {'; '.join(changed)}. Drop the changed options, or "
+                         "start a new run with --run-name NAME")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "model_kwargs":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
@@ -76,6 +124,7 @@ def save_checkpoint(state: RunState) -> Path:
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "history": state.history,
+        "wall_time_s": state.wall_time_s(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                 "python": random.getstate()},
     }
@@ -107,7 +156,9 @@ def load_checkpoint(state: RunState, path: Path) -> None:
         state.ema.load_state_dict(checkpoint["ema"])
     state.epoch = checkpoint["epoch"]
     state.history = checkpoint["history"]
-    logger.info("resumed from %s after epoch %d", path, state.epoch)
+    state.earlier_wall_time_s = checkpoint.get("wall_time_s", 0.0)
+    action = "evaluating" if state.cfg.eval_only else "resumed from"
+    logger.info("%s %s (after epoch %d)", action, path, state.epoch)
 
 
 def evaluate_all(state: RunState, loader, device: torch.device, precision: Precision) -> dict:
@@ -131,7 +182,7 @@ def _best_over_epochs(history: list[dict], key: str) -> dict | None:
 
 
 def build_results(state: RunState, summary: dict, weights: WeightsInfo, data: TaskData,
-                  device: torch.device, precision: Precision, wall_time_s: float) -> dict:
+                  device: torch.device, precision: Precision) -> dict:
     """Collect the results of a finished run (the contents of results.json)."""
     cfg, last = state.cfg, state.history[-1]
     train_seconds = sum(row["train_seconds"] for row in state.history)
@@ -157,7 +208,7 @@ def build_results(state: RunState, summary: dict, weights: WeightsInfo, data: Ta
         },
         "mask_summary": summary,
         "engine": cfg.tuning.engine, "precision": precision.label, "device": str(device),
-        "wall_time_s": wall_time_s, "train_images_per_s": train_images / max(train_seconds, 1e-9),
+        "wall_time_s": state.wall_time_s(), "train_images_per_s": train_images / max(train_seconds, 1e-9),
         "peak_memory": peak_memory_mb(device),
         "weights": weights_identity(weights),
         "environment": environment(),
@@ -180,6 +231,13 @@ def write_outputs(state: RunState, results: dict) -> None:
     write_json(state.run_dir / "results.json", results)
 
 
+def _format_memory(peak: dict) -> str:
+    parts = [f"{peak['peak_rss_mb']:.0f} MB resident"]
+    if "peak_cuda_allocated_mb" in peak:
+        parts.insert(0, f"{peak['peak_cuda_allocated_mb']:.0f} MB CUDA allocated")
+    return ", ".join(parts)
+
+
 def log_final_summary(results: dict) -> None:
     """Log a short human-readable summary of a finished run."""
     trainable = results["trainable_params"]
@@ -192,7 +250,7 @@ def log_final_summary(results: dict) -> None:
         f"trainable parameters {trainable['with_head']:,} ({trainable['percent_with_head']:.3f}%), "
         f"without head {trainable['without_head']:,} ({trainable['percent_without_head']:.3f}%)",
         f"wall time {results['wall_time_s']:.1f} s, training {results['train_images_per_s']:.1f} "
-        f"images/s, peak memory {results['peak_memory']}",
+        f"images/s, peak memory {_format_memory(results['peak_memory'])}",
     ]
     best = results["max_top1_over_epochs"]
     if best is not None:

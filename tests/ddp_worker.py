@@ -7,8 +7,12 @@ import json
 import sys
 
 import train
+from gps import distributed
 from gps.config import build_config
 
 if __name__ == "__main__":
-    for text in sys.argv[1:]:
-        train.run(build_config(overrides=json.loads(text)))
+    try:
+        for text in sys.argv[1:]:
+            train.run(build_config(overrides=json.loads(text)))
+    finally:
+        distributed.cleanup()

@@ -250,3 +250,24 @@ def test_select_params_writes_mask_and_summary(tmp_path):
     assert torch.equal(qkv.sum(dim=1), torch.full((qkv.shape[0],), 3))
     scores = torch.load(tmp_path / "scores.pth", weights_only=True)
     assert set(scores) == {n for n, m in mask.items() if 0 < int(m.sum()) < m.numel()}
+
+
+def test_rerun_into_finished_folder_rejected(gps_run):
+    cfg, _ = gps_run
+    with pytest.raises(ValueError, match="already contains a finished run"):
+        train.run(build_config(overrides=config_to_dict(cfg)))
+
+
+def test_resume_with_changed_settings_rejected(gps_run):
+    cfg, _ = gps_run
+    changed = {**config_to_dict(cfg), "resume": "auto", "epochs": cfg.epochs + 1}
+    with pytest.raises(ValueError, match="epochs: 2 -> 3"):
+        train.run(build_config(overrides=changed))
+
+
+def test_mask_with_other_k_rejected(gps_run, tmp_path):
+    cfg, _ = gps_run
+    mask_file = str(run_folder(cfg) / "mask.pth")
+    other = tiny_config(tmp_path, mask=mask_file, k=cfg.k + 1)
+    with pytest.raises(ValueError, match=f"pass --k {cfg.k}"):
+        train.run(other)

@@ -38,7 +38,7 @@ _run_logged() {
 
 # One sweep per method on digits 5-9: lr on the validation split, then the final runs. Each
 # entry: experiment name, lr grid, train.py options. Each grid brackets the lr that a wider
-# grid (3e-4 to 1e-1) chose on the validation split.
+# grid chose on the validation split (see docs/TRANSFER.md).
 SCRATCH_SWEEP="scratch 1e-3,3e-3,1e-2 --method full --pretrained none"
 TRANSFER_SWEEPS=(
   "linear 1e-2,3e-2,1e-1 --method linear"
