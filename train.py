@@ -38,7 +38,17 @@ logger = logging.getLogger("train")
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run one configuration end to end and return its results (on every process)."""
+    """Run one configuration end to end and return its results (on every process).
+
+    The run's log file is closed afterwards, so later log lines of the caller stay out of it.
+    """
+    try:
+        return _run(cfg)
+    finally:
+        close_log_file()
+
+
+def _run(cfg: RunConfig) -> dict:
     started = time.time()
 
     # Processes and device: one process, or one per GPU (or CPU share) under torchrun.

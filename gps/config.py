@@ -211,6 +211,10 @@ def _convert(path: str, value: Any) -> tuple[Any, str | None]:
                 value = yaml.safe_load(value)
             if not isinstance(value, dict):
                 raise ValueError
+            bad = [k for k, v in value.items() if not str(k).isidentifier() or v is None]
+            if bad:
+                return None, (f"{path}: invalid entries {bad} in {value!r}; write "
+                              "{name: value, ...} with a space after each colon")
         elif kind is str:
             if isinstance(value, (dict, list)):
                 raise ValueError

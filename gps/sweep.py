@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 
 from gps.builders import run_dir_for
+from gps.checkpoint import CHECKPOINT_NAME
 from gps.config import (
     FIELDS,
     ConfigError,
@@ -63,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_NAME = "results.json"
-CHECKPOINT_NAME = "checkpoint.pth"
 SWEEP_CSV = "sweep.csv"
 BEST_YAML = "best.yaml"
 
