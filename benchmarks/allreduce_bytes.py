@@ -7,8 +7,8 @@ engine keeps a full gradient for each partially trained weight, so those weights
 whole. The sparse engine leaves the weights frozen, so only the head, biases and layer-scale go
 through DDP. Its compact selected values are averaged in one extra all-reduce. The figures
 are counted from the parameters each engine exposes, for float32 gradients (the dtype of the
-parameters under autocast), on a randomly initialised model with a random K-per-row mask of
-the GPS structure: the count depends only on the structure.
+parameters under autocast). The model is randomly initialised and the mask is a random choice of
+K entries per row, because the count depends only on the structure.
 """
 
 from __future__ import annotations

@@ -174,9 +174,9 @@ class ShardSampler(Sampler[int]):
 class BatchShardSampler(Sampler[int]):
     """Deal whole batches of an in-order pass to processes: rank r gets batches r, r + N, ...
 
-    Each batch contains the same images as in a single-process pass with the same batch size, so
-    a loss that depends on the batch composition (SupCon contrasts the images of a batch) gives
-    the same per-batch gradients, and their sum over processes equals the single-process sum.
+    Each batch contains the same images as in a single-process pass with the same batch size.
+    A loss that depends on the batch composition (SupCon contrasts the images of a batch) then
+    gives the same per-batch gradients, so their sum over processes equals the single-process sum.
     Loaders must use the same ``batch_size`` and keep the order.
     """
 

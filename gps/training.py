@@ -64,9 +64,10 @@ def check_run_folder(cfg: RunConfig, run_dir: Path) -> None:
     if cfg.eval_only:
         return
     if cfg.resume is None:
-        for name, what in (("results.json", "a finished run"), (CHECKPOINT_NAME, "an interrupted run")):
+        for name, found in (("results.json", "a finished run"),
+                            (CHECKPOINT_NAME, "an interrupted run")):
             if (run_dir / name).is_file():
-                raise ValueError(f"run folder {run_dir} already contains {what}; pass --resume auto "
+                raise ValueError(f"run folder {run_dir} already contains {found}; pass --resume auto "
                                  "to continue it, --eval-only to evaluate it, or --run-name NAME "
                                  "for a new run folder")
         return
