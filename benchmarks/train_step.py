@@ -14,8 +14,8 @@ Configurations (add ``_ckpt`` to any of them for gradient checkpointing):
     full    every parameter trainable, plain autograd
     dense   GPS mask enforced by the dense engine (full gradients, masked by hooks)
     sparse  GPS mask enforced by the sparse engine (compact trainable values)
-    frozen  every linear/conv weight frozen; biases, layer-scale and head train (a lower bound
-            for any GPS engine)
+    frozen  every linear/conv weight frozen, while biases, layer-scale and head train (a
+            lower bound for any GPS engine)
 
 Step time is the median over the measured steps after warm-up. Peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the peak resident set (VmHWM) minus
@@ -45,11 +45,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gps.engine import Precision, StepContext, train_step  # noqa: E402
+from gps.selection import build_mask, selectable_weights  # noqa: E402
 from gps.tuning import DenseEngine  # noqa: E402
 from gps.tuning.sparse import SparseEngine  # noqa: E402
 
 BASE_CONFIGS = ("full", "dense", "sparse", "frozen")
-NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 def _status_mb(field: str) -> float:
@@ -63,28 +63,16 @@ def _status_mb(field: str) -> float:
 
 def gps_structured_mask(model: nn.Module, k: int, select_weights: bool,
                         seed: int = 0) -> dict[str, torch.Tensor]:
-    """Return a random mask with the structure of a GPS selection.
+    """Return a GPS mask built from random scores, by the selection module's own rules.
 
     Linear and conv weights (except the head) get ``k`` random entries per output row, or none
-    when ``select_weights`` is False. The head, biases and one-dimensional parameters outside
-    normalisation layers (layer-scale) train fully; everything else is frozen.
+    when ``select_weights`` is False. The head, biases and layer-scale train fully.
     """
-    generator = torch.Generator().manual_seed(seed)
-    head = {id(p) for p in model.get_classifier().parameters()}
-    mask = {}
-    for module_name, module in model.named_modules():
-        for short_name, param in module.named_parameters(recurse=False):
-            name = f"{module_name}.{short_name}" if module_name else short_name
-            is_layer = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
-            entries = torch.zeros(param.shape, dtype=torch.bool)
-            if id(param) in head or (param.ndim == 1 and not isinstance(module, NORM_LAYERS)):
-                entries.fill_(True)
-            elif is_layer and short_name == "weight" and select_weights:
-                rows, columns = param.shape[0], param[0].numel()
-                scores = torch.rand(rows, columns, generator=generator)
-                chosen = scores.topk(min(k, columns), dim=1).indices
-                entries.view(rows, columns).scatter_(1, chosen, True)
-            mask[name] = entries
+    mask = build_mask(model, None, k, score_type="random",
+                      generator=torch.Generator().manual_seed(seed))
+    if not select_weights:
+        for name in selectable_weights(model):
+            mask[name] = torch.zeros_like(mask[name])
     return mask
 
 

@@ -326,8 +326,8 @@ def _load_state_dict_file(model: nn.Module, path: str) -> list[str]:
 
 
 def _preview(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"[{shown}]" if len(keys) <= limit else f"[{shown}, ...] ({len(keys)} in all)"
+    listed = ", ".join(keys[:limit])
+    return f"[{listed}]" if len(keys) <= limit else f"[{listed}, ...] ({len(keys)} in all)"
 
 
 def features(model: nn.Module, x: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ tasks" for the demo, custom data and unknown task names.
 Rules the tables follow:
 
 - **Rows.** One row per method, K, selection variant (scores, granularity, loss), model,
-  pretrained weights and schedule (epochs, steps per epoch); a run of another schedule is a
+  pretrained weights and schedule (epochs, steps per epoch). A run of another schedule is a
   different experiment, so it gets its own row. When the GPS runs of one variant use several K
   values and some of them match the per-task K of the official GPS launch scripts, those runs
   also form a row ``gps K=paper``; a ``K=`` row whose runs all belong to it is not shown again.
